@@ -1,0 +1,51 @@
+"""medlab: train medical language models with one Hydra config system and one Lightning Fabric loop.
+
+Notebook use::
+
+    import medlab
+    cfg = medlab.compose("sft_lora", overrides=["adapter.r=8"])
+    metrics = medlab.run(cfg)
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ROOT_DIR = PACKAGE_DIR.parent
+CONF_DIR = ROOT_DIR / "conf"
+ASSETS_DIR = PACKAGE_DIR / "assets"
+
+
+def _register_resolvers() -> None:
+    # Resolvers make config paths independent of the working directory.
+    if not OmegaConf.has_resolver("medlab_root"):
+        OmegaConf.register_new_resolver("medlab_root", lambda: str(ROOT_DIR))
+    if not OmegaConf.has_resolver("asset"):
+        OmegaConf.register_new_resolver("asset", lambda rel: str(ASSETS_DIR / rel))
+    if not OmegaConf.has_resolver("medlab_uid"):
+        # Cached, and Hydra copies the resolver cache into every multirun job, so one launch = one suffix.
+        OmegaConf.register_new_resolver("medlab_uid", lambda: secrets.token_hex(2), use_cache=True)
+
+
+_register_resolvers()
+
+
+def compose(experiment: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None):
+    """Compose the training config like the CLI does (see `medlab.api.compose`)."""
+    from medlab.api import compose as _compose
+
+    return _compose(experiment, overrides, run_dir)
+
+
+def run(cfg):
+    """Validate, build, train, evaluate and export one run; returns the final metrics dict."""
+    from medlab.run import run as _run
+
+    return _run(cfg)
+
+
+__all__ = ["compose", "run", "ROOT_DIR", "CONF_DIR", "ASSETS_DIR", "PACKAGE_DIR"]

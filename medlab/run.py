@@ -1,0 +1,205 @@
+"""One run: validate → build (Fabric, model, adapter, data, objective) → fit → export → metrics.
+
+Used by the CLI (``python -m medlab``), tests and notebooks (``medlab.run(medlab.compose(...))``).
+Returns a ``RunResult``: a float equal to the monitored validation metric (what Hydra sweepers such
+as Optuna minimize) that also carries every final metric, the run dir and the logged history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medlab.config import ConfigError, redact, validate_config
+from medlab.engine import checkpoint as ckpt
+from medlab.engine.loop import Loop, LoopConfig
+
+log = logging.getLogger("medlab")
+
+
+class RunResult(float):
+    """The monitored metric as a float, plus ``metrics``, ``run_dir`` and ``history``."""
+
+    def __new__(cls, value: float, metrics: dict, run_dir: Path, history: list[dict]):
+        obj = super().__new__(cls, value)
+        obj.metrics, obj.run_dir, obj.history = metrics, run_dir, history
+        return obj
+
+    @property
+    def objective(self) -> float:
+        return float(self)
+
+
+def loop_config(t: DictConfig) -> LoopConfig:
+    es = t.get("early_stopping") or {}
+    return LoopConfig(
+        max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, val_every_n_steps=t.val_every_n_steps,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, ckpt_every_n_steps=t.ckpt_every_n_steps,
+        keep_last_k=t.keep_last_k, save_final_checkpoint=t.save_final_checkpoint, monitor=t.monitor,
+        monitor_mode=t.monitor_mode, patience=es.get("patience"), min_delta=es.get("min_delta", 0.0),
+        on_nonfinite=t.on_nonfinite, progress_bar=t.progress_bar, seed=t.seed, shuffle=t.get("shuffle", True),
+        num_workers=t.get("num_workers", 0),
+    )
+
+
+def build_fabric(cfg: DictConfig, callbacks: list | None = None):
+    from hydra.utils import instantiate
+    from lightning.fabric import Fabric
+
+    s = cfg.strategy
+    options = OmegaConf.to_container(s.get("options") or {}, resolve=True)
+    strategy: Any = "auto" if s.name in ("single", "auto") else s.name
+    if s.name == "fsdp":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        strategy = FSDPStrategy(**options)
+    elif options:
+        strategy = {"ddp": "ddp"}.get(s.name, s.name)
+    loggers = [instantiate(lc) for lc in (cfg.get("logger") or {}).values()]
+    accelerator = s.accelerator
+    if accelerator == "auto" and not torch.cuda.is_available():
+        accelerator = "cpu"
+    return Fabric(accelerator=accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=strategy,
+                  precision=str(s.precision), loggers=loggers, callbacks=callbacks)
+
+
+def _write_configs(cfg: DictConfig, run_dir: Path) -> None:
+    hydra_cfg = run_dir / ".hydra" / "config.yaml"
+    if not hydra_cfg.exists():  # composed outside @hydra.main (notebooks, tests): write what Hydra would
+        hydra_cfg.parent.mkdir(parents=True, exist_ok=True)
+        hydra_cfg.write_text(OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=False))))
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+
+def _scrub_hydra_files(run_dir: Path) -> None:
+    """Hydra wrote the raw config before we could reject a secret in it: redact those files."""
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        f = run_dir / ".hydra" / name
+        if f.exists():
+            data = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+            if isinstance(data, list):  # overrides: key=value strings
+                from medlab.config.validate import SECRET_KEY
+
+                data = [f"{o.split('=')[0]}=***" if SECRET_KEY.search(o.split("=")[0]) else o for o in data]
+            f.write_text(OmegaConf.to_yaml(redact(data)))
+
+
+def _resolve_run_dir(cfg: DictConfig) -> Path:
+    try:
+        return Path(str(cfg.paths.run_dir)).resolve()
+    except Exception as e:
+        raise ConfigError([f"paths.run_dir cannot be resolved ({e}); outside the CLI use medlab.compose() "
+                           "or set paths.run_dir"]) from None
+
+
+def _validate(cfg: DictConfig, run_dir: Path) -> None:
+    try:
+        validate_config(cfg)
+    except ConfigError as e:
+        if any("secrets are read from the environment" in p for p in e.problems):
+            _scrub_hydra_files(run_dir)
+        raise
+
+
+def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
+    from hydra.utils import instantiate
+
+    _setup_logging()
+    run_dir = _resolve_run_dir(cfg)
+    _validate(cfg, run_dir)
+
+    fabric = build_fabric(cfg, callbacks)
+    fabric.launch()
+    # torchrun/SLURM ranks each compose their own Hydra run dir; rank 0's is the one.
+    run_dir = Path(fabric.broadcast(str(run_dir), src=0))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = _resume_point(cfg, run_dir)
+    if fabric.is_global_zero:
+        _write_configs(cfg, run_dir)
+    t0 = time.perf_counter()
+
+    fabric.seed_everything(cfg.trainer.seed)
+    adapter = instantiate(cfg.adapter)
+    load_model = instantiate(cfg.model)
+    with fabric.rank_zero_first():  # the tiny model / converted checkpoint is written once, by rank 0
+        model, tokenizer = load_model(quantization_config=adapter.quantization_config())
+    model = adapter.apply(model)
+    from medlab.models.adapters import count_parameters
+
+    trainable, total = count_parameters(model)
+    log.info("model %s: %s trainable / %s parameters (%.2f%%), adapter=%s", cfg.model.name, f"{trainable:,}",
+             f"{total:,}", 100 * trainable / max(total, 1), adapter.kind + ("+4bit" if adapter.quantize else ""))
+
+    data = instantiate(cfg.data)
+    with fabric.rank_zero_first():  # rank 0 tokenizes and caches; the others read the cache
+        data_counts = data.setup(tokenizer)
+    log.info("data: %s", data_counts)
+    module = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
+
+    loop = Loop(fabric, loop_config(cfg.trainer), run_dir)
+    result = loop.fit(module, data.train_dataset, data.collate, batch_size=data.batch_size,
+                      val_data=data.val_dataset, val_batch_size=data.val_batch_size, resume=resume)
+
+    export_dir = None
+    if cfg.export.enabled and result.status != "interrupted" and fabric.is_global_zero:
+        export_dir = _export(cfg, model, tokenizer, run_dir, adapter)
+    fabric.barrier()
+
+    state = result.state
+    metrics: dict[str, Any] = {
+        "status": result.status, "global_step": state.global_step, "epoch": state.epoch,
+        "tokens_seen": state.tokens_seen * fabric.world_size, "skipped_steps": state.skipped_steps,
+        "train_seconds": round(result.seconds, 3), "total_seconds": round(time.perf_counter() - t0, 3),
+        "trainable_params": trainable, "total_params": total,
+        **{f"data/{k}": v for k, v in data_counts.items() if isinstance(v, (int, float))},
+        **{k: v for k, v in result.train_metrics.items()}, **result.val_metrics,
+        "monitor": cfg.trainer.monitor,
+        f"best/{cfg.trainer.monitor}": state.best_metric, "best_step": state.best_step,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "export_dir": str(export_dir) if export_dir else None,
+    }
+    objective = state.best_metric if state.best_metric is not None else metrics.get(cfg.trainer.monitor, math.nan)
+    metrics["objective"] = objective
+    if fabric.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        for lg in fabric.loggers:
+            lg.finalize("success" if result.status != "interrupted" else "aborted")
+        log.info("run dir: %s | %s", run_dir, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                       if k.startswith(("train/loss", "val/")) and isinstance(v, float)))
+    return RunResult(float(objective) if objective is not None else math.nan, metrics, run_dir, loop.history)
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+    resume = cfg.trainer.resume
+    if resume in (None, "", "null") and ckpt.ckpt_dir_has_checkpoints(run_dir):
+        raise ConfigError([f"{run_dir} already holds checkpoints from an earlier run: pass trainer.resume=auto "
+                           "to continue it, or use a new run dir (reusing one never overwrites silently)"])
+    return ckpt.resolve_resume(resume, run_dir)
+
+
+def _export(cfg: DictConfig, model, tokenizer, run_dir: Path, adapter) -> Path:
+    from hydra.utils import instantiate
+
+    from medlab.export import export_merged, export_model, is_peft
+
+    out = export_model(model, tokenizer, run_dir / "export")
+    if cfg.export.merge_lora and is_peft(model):
+        export_merged(out, lambda: instantiate(cfg.model)(), run_dir / "export_merged")
+    return out
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # Hydra configures logging under the CLI; notebooks get a plain handler
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.getLogger("medlab").setLevel(logging.INFO)
