@@ -1233,3 +1233,490 @@ HEALTH_TIPS = [
     ("Drinking water instead of sugary drinks helps control weight and protects teeth.",
      "用白开水代替含糖饮料，有助于控制体重并保护牙齿。"),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Phrasings
+# --------------------------------------------------------------------------------------
+
+QTYPES = ("symptoms", "causes", "diagnosis", "treatment", "prevention", "urgent", "overview")
+
+QUESTIONS = {
+    "en": {
+        "symptoms": ["What are the symptoms of {name}?", "How do I know if I have {name}?",
+                     "What signs suggest {name}?", "Describe the typical symptoms of {name}."],
+        "causes": ["What causes {name}?", "Why do people get {name}?", "What are the risk factors for {name}?"],
+        "diagnosis": ["How is {name} diagnosed?", "What tests are used to diagnose {name}?",
+                      "How does a doctor confirm {name}?"],
+        "treatment": ["How is {name} treated?", "What are the treatment options for {name}?",
+                      "What can be done to manage {name}?"],
+        "prevention": ["How can {name} be prevented?", "What can I do to lower my risk of {name}?",
+                       "Is there a way to prevent {name}?"],
+        "urgent": ["When does {name} need urgent medical attention?", "What warning signs of {name} mean I should get help quickly?"],
+        "overview": ["Give a brief overview of {name}.", "Explain {name} in simple terms."],
+    },
+    "zh": {
+        "symptoms": ["{name}有哪些症状？", "怎么判断自己是不是得了{name}？", "{name}的典型表现是什么？", "请介绍一下{name}的常见症状。"],
+        "causes": ["{name}是什么原因引起的？", "为什么会得{name}？", "{name}的危险因素有哪些？"],
+        "diagnosis": ["{name}如何诊断？", "诊断{name}需要做哪些检查？", "医生怎样确诊{name}？"],
+        "treatment": ["{name}怎么治疗？", "{name}有哪些治疗方法？", "得了{name}应该如何处理？"],
+        "prevention": ["如何预防{name}？", "怎样降低患{name}的风险？", "{name}可以预防吗？"],
+        "urgent": ["{name}出现哪些情况需要立即就医？", "{name}有哪些危险信号？"],
+        "overview": ["请简要介绍{name}。", "用通俗的话解释一下什么是{name}。"],
+    },
+}
+
+# Validation-only phrasings, so the held-out set also measures generalisation across wording.
+VAL_QUESTIONS = {
+    "en": {
+        "symptoms": ["I'm worried I might have {name}. Which symptoms usually show up?"],
+        "causes": ["Can you list the main causes of {name}?"],
+        "diagnosis": ["Which examinations lead to a diagnosis of {name}?"],
+        "treatment": ["What's the usual approach to treating {name}?"],
+        "prevention": ["Any practical tips for avoiding {name}?"],
+        "urgent": ["With {name}, which symptoms mean I should not wait to see a doctor?"],
+        "overview": ["Summarise what a patient should know about {name}."],
+    },
+    "zh": {
+        "symptoms": ["我担心自己得了{name}，一般会出现什么症状？"],
+        "causes": ["能说说{name}的主要病因吗？"],
+        "diagnosis": ["确诊{name}要经过哪些检查？"],
+        "treatment": ["{name}通常采取什么治疗方案？"],
+        "prevention": ["日常生活中怎样避免得{name}？"],
+        "urgent": ["{name}出现什么症状时不能再等、要马上看医生？"],
+        "overview": ["请概括一下患者需要了解的{name}知识。"],
+    },
+}
+
+# Follow-up questions in a conversation, where the condition is already known from context.
+FOLLOW_UPS = {
+    "en": {
+        "symptoms": ["What symptoms should I look out for?", "How would I notice it?"],
+        "causes": ["What causes it?", "Why does it happen?"],
+        "diagnosis": ["How is it diagnosed?", "Which tests would I need?"],
+        "treatment": ["How is it treated?", "What are the treatment options?"],
+        "prevention": ["Can it be prevented?", "How can I avoid it in the future?"],
+        "urgent": ["When should I go to a doctor straight away?", "What warning signs should I watch for?"],
+    },
+    "zh": {
+        "symptoms": ["会有哪些症状？", "一般有什么表现？"],
+        "causes": ["是什么原因引起的？", "为什么会得这个病？"],
+        "diagnosis": ["需要做什么检查才能确诊？", "怎么诊断？"],
+        "treatment": ["那应该怎么治疗？", "有哪些治疗方法？"],
+        "prevention": ["平时怎么预防？", "能预防吗？"],
+        "urgent": ["什么情况下需要马上去医院？", "有哪些危险信号要注意？"],
+    },
+}
+
+URGENT_LINES = {
+    "en": ["Get urgent medical help for {u}.", "Warning signs that need prompt medical attention: {u}."],
+    "zh": ["出现以下情况需要尽快就医：{u}。", "需要警惕的危险信号包括：{u}。"],
+}
+
+CLOSERS = {
+    "en": ["This is general information and not a substitute for advice from your own doctor.",
+           "If you are unsure, please talk to a doctor or pharmacist.",
+           "A healthcare professional can give advice tailored to your situation."],
+    "zh": ["以上为一般性健康知识，不能替代医生的面诊意见。", "如有疑问，请咨询医生或药师。", "具体情况请遵医嘱。"],
+}
+
+SYSTEM_PROMPTS = {
+    "en": ["You are a careful medical assistant. Give accurate, general health information in plain language and advise seeing a doctor when appropriate.",
+           "You are a friendly health educator. Answer briefly and clearly.",
+           "You are a medical knowledge assistant for patients. Do not diagnose; explain general medical facts."],
+    "zh": ["你是一名严谨的医学助手，请用通俗易懂的语言提供准确的一般性健康信息，并在必要时建议就医。",
+           "你是一位耐心的健康科普助手，请简明扼要地回答问题。",
+           "你是面向患者的医学知识助手，不做诊断，只解释一般医学常识。"],
+}
+
+DRUG_QUESTIONS = {
+    "en": {"use": ["What is {drug} used for?", "Why would a doctor prescribe {drug}?"],
+           "dose": ["What is the usual dose of {drug}?", "How should {drug} be taken?"],
+           "caution": ["What should I be careful about when taking {drug}?", "What are the main safety points for {drug}?"]},
+    "zh": {"use": ["{drug}是治疗什么的？", "{drug}有什么作用？"],
+           "dose": ["{drug}一般怎么吃？", "{drug}的常用剂量是多少？"],
+           "caution": ["服用{drug}需要注意什么？", "{drug}有哪些注意事项？"]},
+}
+DOSE_NOTE = {"en": "Always follow the label or your prescriber's instructions.", "zh": "请按照说明书或医嘱用药。"}
+
+SEVERITY = {
+    "en": {"none": "No significant interaction is expected.", "minor": "This is a minor interaction.",
+           "moderate": "This is a moderate interaction.", "major": "This is a major interaction.",
+           "contraindicated": "This combination is contraindicated."},
+    "zh": {"none": "预计不会发生明显的相互作用。", "minor": "这是一种轻度相互作用。", "moderate": "这是一种中度相互作用。",
+           "major": "这是一种严重的相互作用。", "contraindicated": "这两种药物禁止合用。"},
+}
+
+# Chinese names for everything that appears in an interaction pair.
+ZH_NAMES = {
+    "warfarin": "华法林", "aspirin": "阿司匹林", "ibuprofen": "布洛芬", "metronidazole": "甲硝唑",
+    "simvastatin": "辛伐他汀", "clarithromycin": "克拉霉素", "sildenafil": "西地那非", "nitroglycerin": "硝酸甘油",
+    "lisinopril": "赖诺普利", "spironolactone": "螺内酯", "sertraline": "舍曲林", "tramadol": "曲马多",
+    "clopidogrel": "氯吡格雷", "omeprazole": "奥美拉唑", "levothyroxine": "左甲状腺素", "calcium carbonate": "碳酸钙",
+    "alcohol": "酒精", "metformin": "二甲双胍", "iodinated contrast": "碘造影剂", "amoxicillin": "阿莫西林",
+    "paracetamol": "对乙酰氨基酚", "cetirizine": "西替利嗪", "atorvastatin": "阿托伐他汀",
+    "grapefruit juice": "西柚汁", "amlodipine": "氨氯地平",
+}
+
+LANGS = ("en", "zh")
+
+
+# --------------------------------------------------------------------------------------
+# Text composition
+# --------------------------------------------------------------------------------------
+
+
+def cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def join(lang: str, parts: list[str]) -> str:
+    # Chinese sentences end in full-width punctuation and are not separated by spaces.
+    return ("" if lang == "zh" else " ").join(p for p in parts if p)
+
+
+def field(obj, name: str, lang: str) -> str:
+    return getattr(obj, name if lang == "en" else f"{name}_zh")
+
+
+def name_of(c: Condition, lang: str) -> str:
+    return c.en if lang == "en" else c.zh
+
+
+def urgent_line(c: Condition, lang: str, rng: random.Random) -> str:
+    return rng.choice(URGENT_LINES[lang]).format(u=field(c, "urgent", lang))
+
+
+def closer(lang: str, rng: random.Random, p: float = 0.35) -> str:
+    return rng.choice(CLOSERS[lang]) if rng.random() < p else ""
+
+
+def condition_answer(c: Condition, qtype: str, lang: str, rng: random.Random) -> str:
+    """Answer one question type about a condition from the table's sentences."""
+    if qtype == "symptoms":
+        parts = [field(c, "symptoms", lang), urgent_line(c, lang, rng)]
+    elif qtype == "urgent":
+        parts = [urgent_line(c, lang, rng), CLOSERS[lang][1]]
+    elif qtype == "overview":
+        parts = [field(c, "symptoms", lang), field(c, "causes", lang), field(c, "treatment", lang)]
+    else:
+        parts = [field(c, qtype, lang)]
+    return join(lang, parts + [closer(lang, rng)])
+
+
+def condition_question(c: Condition, qtype: str, lang: str, rng: random.Random, table=QUESTIONS) -> str:
+    return rng.choice(table[lang][qtype]).format(name=name_of(c, lang))
+
+
+def drug_name(d: Drug, lang: str) -> str:
+    return d.en if lang == "en" else d.zh
+
+
+def drug_answer(d: Drug, kind: str, lang: str) -> str:
+    if kind == "use":
+        return field(d, "use", lang)
+    if kind == "dose":
+        return join(lang, [field(d, "dosing", lang), DOSE_NOTE[lang]])
+    return field(d, "caution", lang)
+
+
+def fmt_num(x: float, decimals: int) -> str:
+    return f"{x:.{decimals}f}"
+
+
+def decimals_of(lab: LabTest) -> int:
+    """Precision of a test's values, taken from how its reference limits are written."""
+    limits = [x for lo_hi in lab.ranges.values() for x in lo_hi if x is not None]
+    return max((len(repr(x).split(".")[1]) if isinstance(x, float) else 0) for x in limits)
+
+
+def with_unit(value: str, unit: str) -> str:
+    if not unit:
+        return value
+    return f"{value}{unit}" if unit == "%" else f"{value} {unit}"
+
+
+def one_range_text(lab: LabTest, low, high, lang: str) -> str:
+    d = decimals_of(lab)
+    if low is not None and high is not None:
+        return with_unit(f"{fmt_num(low, d)}–{fmt_num(high, d)}", lab.unit)
+    if low is None:
+        return (f"below {with_unit(fmt_num(high, d), lab.unit)}" if lang == "en"
+                else f"低于{with_unit(fmt_num(high, d), lab.unit)}")
+    return (f"{with_unit(fmt_num(low, d), lab.unit)} or above" if lang == "en"
+            else f"≥{with_unit(fmt_num(low, d), lab.unit)}")
+
+
+SEX_WORDS = {"en": {"male": "men", "female": "women"}, "zh": {"male": "男性", "female": "女性"}}
+
+
+def range_text(lab: LabTest, lang: str) -> str:
+    if "" in lab.ranges:
+        return one_range_text(lab, *lab.ranges[""], lang)
+    pieces = [(SEX_WORDS[lang][sex], one_range_text(lab, *lab.ranges[sex], lang)) for sex in ("male", "female")]
+    if lang == "en":
+        return " and ".join(f"{r} for {who}" for who, r in pieces)
+    return "，".join(f"{who}{r}" for who, r in pieces)
+
+
+def lab_name(lab: LabTest, lang: str) -> str:
+    return lab.key if lang == "en" else lab.zh
+
+
+RANGE_NOTE = {"en": "Reference ranges vary slightly between laboratories, so use the range printed on your report.",
+              "zh": "各实验室的参考范围略有差异，请以化验单上标注的为准。"}
+
+
+def lab_range_answer(lab: LabTest, lang: str) -> str:
+    if lang == "en":
+        return join(lang, [f"For adults, the usual reference range for {lab.key} is {range_text(lab, lang)}.", RANGE_NOTE[lang]])
+    return join(lang, [f"成人{lab.zh}的参考范围一般为{range_text(lab, lang)}。", RANGE_NOTE[lang]])
+
+
+def sample_lab_value(lab: LabTest, rng: random.Random) -> tuple[str, float, str]:
+    """Draw (sex, value, status) with status computed from the rounded value, so text always agrees with it."""
+    sex = "" if "" in lab.ranges else rng.choice(["male", "female"])
+    low, high = lab.ranges[sex]
+    wanted = rng.choice([s for s in ("high", "low", "normal") if not (s == "low" and low is None)
+                         and not (s == "high" and high is None)])
+    if wanted == "high":
+        value = rng.uniform(high * 1.15, high * 1.6)
+    elif wanted == "low":
+        value = rng.uniform(low * 0.5, low * 0.85)
+    elif low is None:
+        value = rng.uniform(high * 0.5, high * 0.9)
+    elif high is None:
+        value = rng.uniform(low * 1.1, low * 1.8)
+    else:
+        value = rng.uniform(low + 0.15 * (high - low), high - 0.15 * (high - low))
+    value = round(value, decimals_of(lab))
+    status = "high" if high is not None and value > high else "low" if low is not None and value < low else "normal"
+    return sex, value, status
+
+
+def lab_result_text(lab: LabTest, sex: str, value: float, lang: str) -> str:
+    shown = with_unit(fmt_num(value, decimals_of(lab)), lab.unit)
+    if lang == "en":
+        who = f" ({'male' if sex == 'male' else 'female'})" if sex else ""
+        return f"{lab.key}{who}: {shown}"
+    who = f"（{SEX_WORDS['zh'][sex]}）" if sex else ""
+    return f"{lab.zh}{who}：{shown}"
+
+
+def lab_interpretation(lab: LabTest, sex: str, value: float, status: str, lang: str) -> str:
+    shown = with_unit(fmt_num(value, decimals_of(lab)), lab.unit)
+    rng_text = one_range_text(lab, *lab.ranges[sex], lang)
+    if lang == "en":
+        who = f" for {SEX_WORDS['en'][sex]}" if sex else ""
+        where = {"high": "above", "low": "below", "normal": "within"}[status]
+        meaning = {"high": lab.high, "low": lab.low, "normal": "This is within the normal range."}[status]
+        return join(lang, [f"The usual adult reference range for {lab.key}{who} is {rng_text}, so {shown} is {where} the range.",
+                           meaning, "Discuss the result with your doctor together with your symptoms and other tests."])
+    who = SEX_WORDS["zh"][sex] if sex else "成人"
+    where = {"high": "高于参考范围", "low": "低于参考范围", "normal": "在正常范围内"}[status]
+    meaning = {"high": lab.high_zh, "low": lab.low_zh, "normal": "属于正常结果。"}[status]
+    return join(lang, [f"{who}{lab.zh}的参考范围一般为{rng_text}，您的结果{shown}{where}。", meaning,
+                       "请结合症状和其他检查结果，与医生一起解读。"])
+
+
+def pair_names(ix: Interaction, lang: str) -> tuple[str, str]:
+    if lang == "en":
+        return ix.drug_a, ix.drug_b
+    return ZH_NAMES[ix.drug_a], ZH_NAMES[ix.drug_b]
+
+
+def interaction_answer(ix: Interaction, lang: str) -> str:
+    return join(lang, [SEVERITY[lang][ix.severity], field(ix, "effect", lang), field(ix, "advice", lang)])
+
+
+def train_conditions() -> list[Condition]:
+    return [c for c in CONDITIONS if c.key not in HELD_OUT]
+
+
+def held_out_conditions() -> list[Condition]:
+    return [c for c in CONDITIONS if c.key in HELD_OUT]
+
+
+# --------------------------------------------------------------------------------------
+# medical_corpus.txt
+# --------------------------------------------------------------------------------------
+
+OVERVIEW_OPENERS = {"en": ["About {name}.", "Health topic: {name}.", "{Name}: what to know."],
+                    "zh": ["关于{name}：", "健康知识——{name}：", "{name}小知识："]}
+CARE_OPENERS = {"en": ["Managing {name}.", "Treatment and prevention of {name}."],
+                "zh": ["{name}的治疗与预防：", "如何应对{name}："]}
+
+
+def opener(table: dict, lang: str, name: str, rng: random.Random) -> str:
+    return rng.choice(table[lang]).format(name=name, Name=cap(name))
+
+
+def condition_paragraphs(c: Condition, lang: str, rng: random.Random) -> list[str]:
+    name = name_of(c, lang)
+    about = [opener(OVERVIEW_OPENERS, lang, name, rng)] + [field(c, f, lang) for f in ("symptoms", "causes", "diagnosis")]
+    care = [opener(CARE_OPENERS, lang, name, rng), field(c, "treatment", lang), field(c, "prevention", lang),
+            urgent_line(c, lang, rng)]
+    return [join(lang, about), join(lang, care)]
+
+
+def drug_paragraph(d: Drug, lang: str) -> str:
+    head = f"Medicine guide: {d.en}." if lang == "en" else f"用药小知识——{d.zh}："
+    return join(lang, [head, d.use if lang == "en" else d.use_zh, drug_answer(d, "dose", lang), field(d, "caution", lang)])
+
+
+def lab_paragraph(lab: LabTest, lang: str) -> str:
+    if lang == "en":
+        head = [f"Lab test: {lab.key}.", f"The usual adult reference range is {range_text(lab, lang)}."]
+    else:
+        head = [f"检验项目：{lab.zh}。", f"成人参考范围一般为{range_text(lab, lang)}。"]
+    return join(lang, head + [field(lab, "high", lang), field(lab, "low", lang), RANGE_NOTE[lang]])
+
+
+def interaction_paragraph(ix: Interaction, lang: str) -> str:
+    a, b = pair_names(ix, lang)
+    head = f"Drug interaction: {a} and {b}." if lang == "en" else f"药物相互作用：{a}与{b}。"
+    return join(lang, [head, interaction_answer(ix, lang)])
+
+
+def build_corpus(rng: random.Random) -> list[str]:
+    lines = []
+    for lang in LANGS:
+        for c in train_conditions():
+            lines += condition_paragraphs(c, lang, rng)
+        lines += [drug_paragraph(d, lang) for d in DRUGS]
+        lines += [lab_paragraph(lab, lang) for lab in LABS]
+        lines += [interaction_paragraph(ix, lang) for ix in INTERACTIONS]
+        lines += [tip[0] if lang == "en" else tip[1] for tip in HEALTH_TIPS]
+    rng.shuffle(lines)
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# sft_alpaca.jsonl and val_sft_alpaca.jsonl
+# --------------------------------------------------------------------------------------
+
+ASK_INSTRUCTIONS = {"en": ["Answer the patient's question.", "Answer the following health question accurately and simply."],
+                    "zh": ["请回答患者的问题。", "请准确、通俗地回答以下健康问题。"]}
+LAB_INSTRUCTIONS = {"en": ["Explain this lab result in plain language.", "Interpret the following test result for a patient."],
+                    "zh": ["请用通俗的语言解释这项化验结果。", "请为患者解读以下检验结果。"]}
+INTERACTION_INSTRUCTIONS = {"en": ["Check whether these two medicines interact and explain the risk."],
+                            "zh": ["判断以下两种药物之间是否存在相互作用，并说明风险。"]}
+
+
+def alpaca_row(question: str, answer: str, lang: str, rng: random.Random, p_input: float = 0.2) -> dict:
+    # Some rows carry the question in `input` so both alpaca layouts are exercised.
+    if rng.random() < p_input:
+        return {"instruction": rng.choice(ASK_INSTRUCTIONS[lang]), "input": question, "output": answer}
+    return {"instruction": question, "input": "", "output": answer}
+
+
+def build_alpaca(rng: random.Random) -> list[dict]:
+    rows = []
+    for c in train_conditions():
+        for lang in LANGS:
+            for qtype in rng.sample(QTYPES, 3):
+                rows.append(alpaca_row(condition_question(c, qtype, lang, rng), condition_answer(c, qtype, lang, rng), lang, rng))
+    for d in DRUGS:
+        for lang in LANGS:
+            kind = rng.choice(["use", "dose", "caution"])
+            question = rng.choice(DRUG_QUESTIONS[lang][kind]).format(drug=drug_name(d, lang))
+            rows.append(alpaca_row(question, drug_answer(d, kind, lang), lang, rng))
+    for i, lab in enumerate(LABS):
+        lang = LANGS[i % 2]
+        sex, value, status = sample_lab_value(lab, rng)
+        rows.append({"instruction": rng.choice(LAB_INSTRUCTIONS[lang]), "input": lab_result_text(lab, sex, value, lang),
+                     "output": lab_interpretation(lab, sex, value, status, lang)})
+    for i, ix in enumerate(INTERACTIONS):
+        lang = LANGS[i % 2]
+        a, b = pair_names(ix, lang)
+        pair = f"{a} and {b}" if lang == "en" else f"{a}和{b}"
+        rows.append({"instruction": INTERACTION_INSTRUCTIONS[lang][0], "input": pair, "output": interaction_answer(ix, lang)})
+    rng.shuffle(rows)
+    return rows
+
+
+def build_val_alpaca(rng: random.Random) -> list[dict]:
+    rows = []
+    for c in held_out_conditions():
+        for lang in LANGS:
+            for qtype in rng.sample(QTYPES, 3):
+                question = condition_question(c, qtype, lang, rng, table=VAL_QUESTIONS)
+                rows.append(alpaca_row(question, condition_answer(c, qtype, lang, rng), lang, rng))
+    rng.shuffle(rows)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# sft_sharegpt.jsonl and sft_messages.jsonl
+# --------------------------------------------------------------------------------------
+
+DIAGNOSED_PREFIX = {"en": "I was recently diagnosed with {name}. ", "zh": "我最近被诊断为{name}。"}
+DRUG_FOLLOW_UPS = {"en": {"dose": "How should I take it?", "caution": "Is there anything I should watch out for?"},
+                   "zh": {"dose": "应该怎么服用？", "caution": "有什么需要注意的吗？"}}
+LAB_OPENERS = {"en": "I just got my test results: {result}. What does this mean?", "zh": "我刚拿到化验结果：{result}。这是什么意思？"}
+LAB_FOLLOW_UP = {"en": "What is the normal range for this test?", "zh": "这项检查的正常范围是多少？"}
+DIALOGUE_TYPES = ("symptoms", "causes", "diagnosis", "treatment", "prevention", "urgent")
+
+
+def condition_dialogue(c: Condition, lang: str, rng: random.Random, diagnosed: bool) -> list[tuple[str, str]]:
+    """1-3 (user, assistant) turns about one condition; later turns refer back to it without naming it."""
+    first_choices = [t for t in DIALOGUE_TYPES if not (diagnosed and t in ("symptoms", "prevention"))]
+    first = rng.choice(first_choices)
+    later = rng.sample([t for t in DIALOGUE_TYPES if t != first], rng.choice([0, 1, 1, 2]))
+    if diagnosed:
+        opening = DIAGNOSED_PREFIX[lang].format(name=name_of(c, lang)) + rng.choice(FOLLOW_UPS[lang][first])
+    else:
+        opening = condition_question(c, first, lang, rng)
+    turns = [(opening, condition_answer(c, first, lang, rng))]
+    turns += [(rng.choice(FOLLOW_UPS[lang][t]), condition_answer(c, t, lang, rng)) for t in later]
+    return turns
+
+
+def drug_dialogue(d: Drug, lang: str, rng: random.Random) -> list[tuple[str, str]]:
+    turns = [(rng.choice(DRUG_QUESTIONS[lang]["use"]).format(drug=drug_name(d, lang)), drug_answer(d, "use", lang))]
+    for kind in rng.sample(["dose", "caution"], rng.choice([0, 1, 2])):
+        turns.append((DRUG_FOLLOW_UPS[lang][kind], drug_answer(d, kind, lang)))
+    return turns
+
+
+def lab_dialogue(lab: LabTest, lang: str, rng: random.Random) -> list[tuple[str, str]]:
+    sex, value, status = sample_lab_value(lab, rng)
+    turns = [(LAB_OPENERS[lang].format(result=lab_result_text(lab, sex, value, lang)),
+              lab_interpretation(lab, sex, value, status, lang))]
+    if rng.random() < 0.5:
+        turns.append((LAB_FOLLOW_UP[lang], lab_range_answer(lab, lang)))
+    return turns
+
+
+def system_prompt(lang: str, rng: random.Random, p: float) -> str | None:
+    return rng.choice(SYSTEM_PROMPTS[lang]) if rng.random() < p else None
+
+
+def to_sharegpt(turns: list[tuple[str, str]], system: str | None) -> dict:
+    conv = [{"from": "system", "value": system}] if system else []
+    for user, assistant in turns:
+        conv += [{"from": "human", "value": user}, {"from": "gpt", "value": assistant}]
+    return {"conversations": conv}
+
+
+def to_messages(turns: list[tuple[str, str]], system: str | None) -> dict:
+    msgs = [{"role": "system", "content": system}] if system else []
+    for user, assistant in turns:
+        msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return {"messages": msgs}
+
+
+def build_sharegpt(rng: random.Random) -> list[dict]:
+    dialogues = [(condition_dialogue(c, lang, rng, diagnosed=False), lang) for c in train_conditions() for lang in LANGS]
+    dialogues += [(drug_dialogue(d, lang, rng), lang) for d in DRUGS for lang in LANGS]
+    rows = [to_sharegpt(turns, system_prompt(lang, rng, p=0.25)) for turns, lang in dialogues]
+    rng.shuffle(rows)
+    return rows
+
+
+def build_messages(rng: random.Random) -> list[dict]:
+    dialogues = [(condition_dialogue(c, lang, rng, diagnosed=True), lang) for c in train_conditions() for lang in LANGS]
+    dialogues += [(lab_dialogue(lab, lang, rng), lang) for lab in LABS for lang in LANGS]
+    rows = [to_messages(turns, system_prompt(lang, rng, p=0.35)) for turns, lang in dialogues]
+    rng.shuffle(rows)
+    return rows

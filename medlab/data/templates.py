@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -32,6 +32,7 @@ END_OF_TURN = {
     "deepseek": "<｜end▁of▁sentence｜>",
 }
 TEMPLATE_NAMES = (*END_OF_TURN, "tokenizer")
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def template_source(name: str) -> str:
     """The jinja source of a named template shipped with medlab."""
     if name not in END_OF_TURN:
         raise DataError(f"unknown chat template {name!r} (known: {', '.join(TEMPLATE_NAMES)})")
-    return resources.files("medlab.data").joinpath("templates", f"{name}.jinja").read_text(encoding="utf-8")
+    return (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
 
 
 def get_template(name: str, tokenizer: Any = None) -> ChatTemplate:

@@ -112,8 +112,11 @@ class Loop:
 
     # ------------------------------------------------------------------ data
     def _loader(self, dataset, sampler, collate) -> DataLoader:
+        # A private generator: creating a DataLoader iterator draws a worker base seed, and drawing it from
+        # the global RNG would shift dropout/sampling randomness after a resume (which re-creates the iterator).
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + sampler.epoch * 1009 + sampler.start_batch)
         dl = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.num_workers,
-                        pin_memory=self.fabric.device.type == "cuda")
+                        pin_memory=self.fabric.device.type == "cuda", generator=g)
         return self.fabric.setup_dataloaders(dl, use_distributed_sampler=False)
 
     def _batches_per_epoch(self) -> int:
