@@ -841,7 +841,7 @@ DRUGS = [
          "可能引起胃溃疡和出血并损害肾脏；有溃疡史、肾病、心衰、妊娠晚期或正在服用抗凝药者，除非医生建议，否则应避免使用。"),
     Drug("aspirin", "low-dose aspirin", "小剂量阿司匹林",
          "Low-dose aspirin prevents blood clots in people who have had a heart attack, stent or ischaemic stroke.",
-         "小剂量阿司匹林用于心肌梗死、支架术后或缺血性卒中患者预防血栓。",
+         "用于心肌梗死、支架术后或缺血性卒中患者预防血栓。",
          "The usual dose is 75 to 100 mg once a day, as prescribed.",
          "常用剂量为每天一次75至100毫克，遵医嘱服用。",
          "It increases bleeding risk, especially from the stomach; it should not be started for prevention without a doctor's advice and must not be given to children under 16.",
@@ -1093,7 +1093,7 @@ LABS = [
             "反映近两到三个月的平均血糖：5.7%至6.4%提示糖尿病前期，≥6.5%提示糖尿病。",
             "Low values are uncommon and can be caused by recent blood loss or conditions that shorten red cell lifespan.",
             "偏低较少见，可能与近期失血或红细胞寿命缩短有关。"),
-    LabTest("hemoglobin", "血红蛋白", "g/L", {"male": (130, 175), "female": (115, 150)},
+    LabTest("haemoglobin", "血红蛋白", "g/L", {"male": (130, 175), "female": (115, 150)},
             "A high value can be due to dehydration, smoking, chronic lung disease or, rarely, a bone marrow disorder.",
             "升高可能与脱水、吸烟、慢性肺病有关，少数为骨髓疾病。",
             "A low value means anaemia, most often from iron deficiency or blood loss, and the cause should be found.",
@@ -1396,7 +1396,8 @@ def condition_answer(c: Condition, qtype: str, lang: str, rng: random.Random) ->
     if qtype == "symptoms":
         parts = [field(c, "symptoms", lang), urgent_line(c, lang, rng)]
     elif qtype == "urgent":
-        parts = [urgent_line(c, lang, rng), CLOSERS[lang][1]]
+        # Already ends with "ask a professional", so no extra random closer.
+        return join(lang, [urgent_line(c, lang, rng), CLOSERS[lang][1]])
     elif qtype == "overview":
         parts = [field(c, "symptoms", lang), field(c, "causes", lang), field(c, "treatment", lang)]
     else:
@@ -1412,9 +1413,17 @@ def drug_name(d: Drug, lang: str) -> str:
     return d.en if lang == "en" else d.zh
 
 
+def drug_use(d: Drug, lang: str) -> str:
+    """The table's "use" sentence with the drug named as its subject, so it reads well on its own."""
+    if lang == "zh":
+        return d.use_zh if d.use_zh.startswith(d.zh) else d.zh + d.use_zh
+    first, rest = d.use.split(" ", 1)
+    return f"{cap(d.en)} {rest}" if first in ("It", "They") else d.use
+
+
 def drug_answer(d: Drug, kind: str, lang: str) -> str:
     if kind == "use":
-        return field(d, "use", lang)
+        return drug_use(d, lang)
     if kind == "dose":
         return join(lang, [field(d, "dosing", lang), DOSE_NOTE[lang]])
     return field(d, "caution", lang)
@@ -1479,16 +1488,20 @@ def sample_lab_value(lab: LabTest, rng: random.Random) -> tuple[str, float, str]
     low, high = lab.ranges[sex]
     wanted = rng.choice([s for s in ("high", "low", "normal") if not (s == "low" and low is None)
                          and not (s == "high" and high is None)])
+    # Deviations scale with the width of the range, so tightly regulated values (sodium, calcium)
+    # stay plausibly close to their limits instead of landing in life-threatening territory.
+    width = (high - low) if low is not None and high is not None else 0.5 * (high if low is None else low)
     if wanted == "high":
-        value = rng.uniform(high * 1.15, high * 1.6)
+        value = rng.uniform(high + 0.1 * width, high + 0.5 * width)
     elif wanted == "low":
-        value = rng.uniform(low * 0.5, low * 0.85)
+        below = min(width, low)  # never reach zero or below
+        value = rng.uniform(low - 0.4 * below, low - 0.1 * below)
     elif low is None:
         value = rng.uniform(high * 0.5, high * 0.9)
     elif high is None:
-        value = rng.uniform(low * 1.1, low * 1.8)
+        value = rng.uniform(low * 1.05, low * 1.4)
     else:
-        value = rng.uniform(low + 0.15 * (high - low), high - 0.15 * (high - low))
+        value = rng.uniform(low + 0.15 * width, high - 0.15 * width)
     value = round(value, decimals_of(lab))
     status = "high" if high is not None and value > high else "low" if low is not None and value < low else "normal"
     return sex, value, status
@@ -1497,8 +1510,9 @@ def sample_lab_value(lab: LabTest, rng: random.Random) -> tuple[str, float, str]
 def lab_result_text(lab: LabTest, sex: str, value: float, lang: str) -> str:
     shown = with_unit(fmt_num(value, decimals_of(lab)), lab.unit)
     if lang == "en":
-        who = f" ({'male' if sex == 'male' else 'female'})" if sex else ""
-        return f"{lab.key}{who}: {shown}"
+        who = f" ({sex})" if sex else ""
+        label = lab.key if lab.key[1:2].isupper() else cap(lab.key)  # keep "eGFR", capitalise "ferritin"
+        return f"{label}{who}: {shown}"
     who = f"（{SEX_WORDS['zh'][sex]}）" if sex else ""
     return f"{lab.zh}{who}：{shown}"
 
@@ -1509,12 +1523,12 @@ def lab_interpretation(lab: LabTest, sex: str, value: float, status: str, lang: 
     if lang == "en":
         who = f" for {SEX_WORDS['en'][sex]}" if sex else ""
         where = {"high": "above", "low": "below", "normal": "within"}[status]
-        meaning = {"high": lab.high, "low": lab.low, "normal": "This is within the normal range."}[status]
+        meaning = {"high": lab.high, "low": lab.low, "normal": "On its own, this value usually needs no action."}[status]
         return join(lang, [f"The usual adult reference range for {lab.key}{who} is {rng_text}, so {shown} is {where} the range.",
                            meaning, "Discuss the result with your doctor together with your symptoms and other tests."])
     who = SEX_WORDS["zh"][sex] if sex else "成人"
     where = {"high": "高于参考范围", "low": "低于参考范围", "normal": "在正常范围内"}[status]
-    meaning = {"high": lab.high_zh, "low": lab.low_zh, "normal": "属于正常结果。"}[status]
+    meaning = {"high": lab.high_zh, "low": lab.low_zh, "normal": "单看这一项通常无需特殊处理。"}[status]
     return join(lang, [f"{who}{lab.zh}的参考范围一般为{rng_text}，您的结果{shown}{where}。", meaning,
                        "请结合症状和其他检查结果，与医生一起解读。"])
 
@@ -1561,7 +1575,7 @@ def condition_paragraphs(c: Condition, lang: str, rng: random.Random) -> list[st
 
 def drug_paragraph(d: Drug, lang: str) -> str:
     head = f"Medicine guide: {d.en}." if lang == "en" else f"用药小知识——{d.zh}："
-    return join(lang, [head, d.use if lang == "en" else d.use_zh, drug_answer(d, "dose", lang), field(d, "caution", lang)])
+    return join(lang, [head, drug_use(d, lang), drug_answer(d, "dose", lang), field(d, "caution", lang)])
 
 
 def lab_paragraph(lab: LabTest, lang: str) -> str:
@@ -1720,3 +1734,336 @@ def build_messages(rng: random.Random) -> list[dict]:
     rows = [to_messages(turns, system_prompt(lang, rng, p=0.35)) for turns, lang in dialogues]
     rng.shuffle(rows)
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# toolcall.jsonl (glaive format)
+# --------------------------------------------------------------------------------------
+
+
+def schema(name: str, description: str, properties: dict, required: list[str]) -> dict:
+    return {"name": name, "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required}}
+
+
+TOOLS = {
+    "calculate_bmi": schema(
+        "calculate_bmi", "Calculate body mass index (BMI) from weight and height and return the WHO adult category.",
+        {"weight_kg": {"type": "number", "description": "Body weight in kilograms"},
+         "height_m": {"type": "number", "description": "Height in metres"}},
+        ["weight_kg", "height_m"]),
+    "lookup_drug_interaction": schema(
+        "lookup_drug_interaction", "Look up the interaction between two medicines or substances.",
+        {"drug_a": {"type": "string", "description": "English generic name of the first medicine or substance"},
+         "drug_b": {"type": "string", "description": "English generic name of the second medicine or substance"}},
+        ["drug_a", "drug_b"]),
+    "find_lab_reference_range": schema(
+        "find_lab_reference_range", "Return the usual adult reference range for a laboratory test.",
+        {"test_name": {"type": "string", "description": "English name of the laboratory test"}},
+        ["test_name"]),
+    "schedule_appointment": schema(
+        "schedule_appointment", "Book an outpatient appointment in a hospital department.",
+        {"department": {"type": "string", "description": "Department or clinic name"},
+         "date": {"type": "string", "description": "Date in YYYY-MM-DD format"},
+         "time": {"type": "string", "description": "Time in 24-hour HH:MM format"},
+         "reason": {"type": "string", "description": "Optional short reason for the visit"}},
+        ["department", "date", "time"]),
+    "search_medical_literature": schema(
+        "search_medical_literature", "Search an index of plain-language medical summaries.",
+        {"query": {"type": "string", "description": "Search query"},
+         "max_results": {"type": "integer", "description": "Maximum number of results to return"}},
+        ["query"]),
+}
+
+DEPARTMENTS = [("cardiology", "心内科"), ("dermatology", "皮肤科"), ("endocrinology", "内分泌科"),
+               ("gastroenterology", "消化内科"), ("respiratory medicine", "呼吸内科"), ("neurology", "神经内科"),
+               ("orthopaedics", "骨科"), ("ophthalmology", "眼科"), ("general practice", "全科医学科"),
+               ("nephrology", "肾内科"), ("paediatrics", "儿科"), ("psychiatry", "精神心理科")]
+NUTRITION = ("nutrition clinic", "营养科")
+TIMES = ["08:30", "09:00", "09:30", "10:00", "10:30", "11:00", "14:00", "14:30", "15:00", "15:30", "16:00"]
+FIRST_DAY = (2025, 3, 3)
+
+BMI_QUESTIONS = {"en": ["I weigh {w} kg and I'm {h} m tall. What's my BMI?",
+                        "Can you calculate the BMI for someone who is {cm} cm tall and weighs {w} kg?",
+                        "My height is {h} m and my weight is {w} kg. Am I in a healthy weight range?"],
+                 "zh": ["我身高{cm}厘米，体重{w}公斤，帮我算一下BMI。", "体重{w}千克、身高{h}米，BMI是多少？属于什么范围？"]}
+BMI_ADVICE = {
+    "underweight": ("A BMI below 18.5 can reflect undernutrition, so it may be worth discussing your diet and weight with a doctor.",
+                    "BMI低于18.5可能提示营养不足，建议与医生讨论饮食和体重情况。"),
+    "normal weight": ("Keep up balanced eating and regular activity to stay in this range.",
+                      "继续保持均衡饮食和规律运动，维持在这个范围。"),
+    "overweight": ("Gradual weight loss through diet changes and more activity lowers the risk of diabetes and heart disease.",
+                   "通过调整饮食和增加运动逐步减重，可以降低糖尿病和心脏病的风险。"),
+    "obesity": ("A doctor can help with a structured weight-management plan and check for related conditions such as diabetes and high blood pressure.",
+                "医生可以帮助制定系统的体重管理计划，并筛查糖尿病、高血压等相关疾病。"),
+}
+WHO_ZH = {"underweight": "体重过低", "normal weight": "正常体重", "overweight": "超重", "obesity": "肥胖"}
+BMI_CAVEAT = {"en": "BMI does not distinguish muscle from fat, so waist size and overall health matter too.",
+              "zh": "BMI不能区分肌肉和脂肪，还需要结合腰围和整体健康状况判断。"}
+
+
+def bmi_value(weight_kg: float, height_m: float) -> float:
+    """BMI = weight / height², rounded to one decimal like clinical reports."""
+    return round(weight_kg / height_m**2, 1)
+
+
+def who_category(bmi: float) -> str:
+    """WHO adult cut-offs: <18.5, 18.5-24.9, 25-29.9, >=30."""
+    return "underweight" if bmi < 18.5 else "normal weight" if bmi < 25 else "overweight" if bmi < 30 else "obesity"
+
+
+def china_category(bmi: float) -> str:
+    """Chinese adult cut-offs (WS/T 428): <18.5, 18.5-23.9, 24-27.9, >=28."""
+    return "体重过低" if bmi < 18.5 else "正常" if bmi < 24 else "超重" if bmi < 28 else "肥胖"
+
+
+def call(name: str, arguments: dict) -> dict:
+    return {"from": "function_call", "value": json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)}
+
+
+def observation(result: dict) -> dict:
+    return {"from": "observation", "value": json.dumps(result, ensure_ascii=False)}
+
+
+def human(text: str) -> dict:
+    return {"from": "human", "value": text}
+
+
+def gpt(text: str) -> dict:
+    return {"from": "gpt", "value": text}
+
+
+def tool_row(conversations: list[dict], used: list[str], rng: random.Random) -> dict:
+    """Declare the tools a row uses plus a few distractors, in shuffled order."""
+    others = [t for t in TOOLS if t not in used]
+    names = used + rng.sample(others, rng.randint(1, min(2, len(others))))
+    rng.shuffle(names)
+    return {"conversations": conversations, "tools": json.dumps([TOOLS[n] for n in names], ensure_ascii=False)}
+
+
+def random_body(rng: random.Random) -> tuple[int, float]:
+    return rng.randint(42, 118), rng.randint(150, 192) / 100
+
+
+def bmi_turns(weight: int, height: float, lang: str, rng: random.Random) -> tuple[list[dict], str]:
+    """function_call + observation for one BMI computation, and the assistant's explanation of it."""
+    bmi = bmi_value(weight, height)
+    cat = who_category(bmi)
+    turns = [call("calculate_bmi", {"weight_kg": weight, "height_m": height}), observation({"bmi": bmi, "category": cat})]
+    if lang == "en":
+        text = join(lang, [f"Your BMI is {bmi} kg/m², which is in the {cat} range by WHO adult categories.",
+                           BMI_ADVICE[cat][0], BMI_CAVEAT[lang]])
+    else:
+        text = join(lang, [f"根据计算，您的BMI为{bmi} kg/m²，按世界卫生组织成人标准属于{WHO_ZH[cat]}。",
+                           f"按中国成人标准（BMI 24.0–27.9为超重，≥28.0为肥胖），属于{china_category(bmi)}。",
+                           BMI_ADVICE[cat][1], BMI_CAVEAT[lang]])
+    return turns, text
+
+
+def bmi_row(lang: str, rng: random.Random) -> dict:
+    weight, height = random_body(rng)
+    question = rng.choice(BMI_QUESTIONS[lang]).format(w=weight, h=f"{height:.2f}", cm=round(height * 100))
+    turns, text = bmi_turns(weight, height, lang, rng)
+    return tool_row([human(question), *turns, gpt(text)], ["calculate_bmi"], rng)
+
+
+INTERACTION_QUESTIONS = {"en": ["Is it safe to take {a} with {b}?", "Do {a} and {b} interact?", "Can I take {a} and {b} together?"],
+                         "zh": ["{a}和{b}可以一起吃吗？", "{a}与{b}有相互作用吗？"]}
+
+
+def interaction_row(ix: Interaction, lang: str, rng: random.Random) -> dict:
+    a, b = pair_names(ix, lang)
+    result = {"drug_a": ix.drug_a, "drug_b": ix.drug_b, "severity": ix.severity, "effect": ix.effect, "advice": ix.advice}
+    conv = [human(rng.choice(INTERACTION_QUESTIONS[lang]).format(a=a, b=b)),
+            call("lookup_drug_interaction", {"drug_a": ix.drug_a, "drug_b": ix.drug_b}), observation(result),
+            gpt(join(lang, [interaction_answer(ix, lang), closer(lang, rng, p=0.5)]))]
+    return tool_row(conv, ["lookup_drug_interaction"], rng)
+
+
+LAB_RANGE_QUESTIONS = {"en": ["What is the normal range for {test}?", "My report lists {test}. What range is considered normal?"],
+                       "zh": ["{test}的正常范围是多少？", "化验单上的{test}，正常值应该是多少？"]}
+LAB_VALUE_QUESTIONS = {"en": ["Here is my result — {result}. Is that normal?"], "zh": ["我的检查结果：{result}，正常吗？"]}
+
+
+def lab_row(lab: LabTest, lang: str, with_value: bool, rng: random.Random) -> dict:
+    lookup = [call("find_lab_reference_range", {"test_name": lab.key}),
+              observation({"test": lab.key, "unit": lab.unit, "reference_range": range_text(lab, "en"),
+                           "note": "Reference ranges vary between laboratories."})]
+    if with_value:
+        sex, value, status = sample_lab_value(lab, rng)
+        question = LAB_VALUE_QUESTIONS[lang][0].format(result=lab_result_text(lab, sex, value, lang))
+        answer = lab_interpretation(lab, sex, value, status, lang)
+    else:
+        question = rng.choice(LAB_RANGE_QUESTIONS[lang]).format(test=lab_name(lab, lang))
+        answer = lab_range_answer(lab, lang)
+    return tool_row([human(question), *lookup, gpt(answer)], ["find_lab_reference_range"], rng)
+
+
+APPOINTMENT_QUESTIONS = {"en": ["Please book me an appointment in {dept} on {date} at {time}.",
+                                "Can you schedule a {dept} visit for {date}, {time}?"],
+                         "zh": ["帮我预约{date} {time}的{dept}门诊。", "我想挂{dept}的号，时间是{date} {time}。"]}
+
+
+def random_slot(rng: random.Random) -> tuple[str, str]:
+    year, month, day = FIRST_DAY
+    offset = rng.randint(0, 27)  # stays inside March 2025, so plain day arithmetic is valid
+    return f"{year}-{month:02d}-{day + offset:02d}", rng.choice(TIMES)
+
+
+def appointment_id(rng: random.Random) -> str:
+    return f"APT-{rng.randint(10000, 99999)}"
+
+
+def confirmation(dept: str, date: str, time: str, apt: str, lang: str) -> str:
+    if lang == "en":
+        return (f"Your {dept} appointment is confirmed for {date} at {time}. Your appointment ID is {apt}. "
+                "Please bring your ID, any recent test results and a list of your medicines.")
+    return f"已为您预约{date} {time}的{dept}门诊，预约号为{apt}。请携带身份证件、近期检查结果和用药清单。"
+
+
+def booking_turns(dept: str, date: str, time: str, lang: str, rng: random.Random) -> tuple[list[dict], str]:
+    apt = appointment_id(rng)
+    turns = [call("schedule_appointment", {"department": dept, "date": date, "time": time}),
+             observation({"status": "confirmed", "appointment_id": apt, "department": dept, "date": date, "time": time})]
+    return turns, confirmation(dept, date, time, apt, lang)
+
+
+def appointment_row(lang: str, rng: random.Random) -> dict:
+    dept = rng.choice(DEPARTMENTS)[0 if lang == "en" else 1]
+    date, time = random_slot(rng)
+    turns, text = booking_turns(dept, date, time, lang, rng)
+    question = rng.choice(APPOINTMENT_QUESTIONS[lang]).format(dept=dept, date=date, time=time)
+    return tool_row([human(question), *turns, gpt(text)], ["schedule_appointment"], rng)
+
+
+def appointment_unavailable_row(lang: str, rng: random.Random) -> dict:
+    """The slot is taken; the assistant offers alternatives and books the one the user picks."""
+    dept = rng.choice(DEPARTMENTS)[0 if lang == "en" else 1]
+    date, time = random_slot(rng)
+    free = sorted(rng.sample([t for t in TIMES if t != time], 2))
+    first_call = [call("schedule_appointment", {"department": dept, "date": date, "time": time}),
+                  observation({"status": "unavailable", "department": dept, "date": date, "requested_time": time,
+                               "available_times": free})]
+    if lang == "en":
+        offer = f"Sorry, {time} is not available in {dept} on {date}. Open slots that day are {free[0]} and {free[1]}. Would you like one of them?"
+        pick = f"{free[1]} works for me."
+    else:
+        offer = f"抱歉，{date} {time}的{dept}号源已满。当天可预约的时间有{free[0]}和{free[1]}，您想预约哪一个？"
+        pick = f"那就{free[1]}吧。"
+    turns, text = booking_turns(dept, date, free[1], lang, rng)
+    question = rng.choice(APPOINTMENT_QUESTIONS[lang]).format(dept=dept, date=date, time=time)
+    conv = [human(question), *first_call, gpt(offer), human(pick), *turns, gpt(text)]
+    return tool_row(conv, ["schedule_appointment"], rng)
+
+
+def appointment_clarify_row(lang: str, rng: random.Random) -> dict:
+    """The user gives no date or time; the assistant asks before calling the tool."""
+    dept = rng.choice(DEPARTMENTS)[0 if lang == "en" else 1]
+    date, time = random_slot(rng)
+    if lang == "en":
+        ask, ask_back, when = f"I'd like to see someone in {dept}.", "Sure. Which date and time would suit you?", f"{date} at {time}, please."
+    else:
+        ask, ask_back, when = f"我想挂一个{dept}的号。", "好的，请问您希望预约哪一天、几点？", f"{date} {time}。"
+    turns, text = booking_turns(dept, date, time, lang, rng)
+    return tool_row([human(ask), gpt(ask_back), human(when), *turns, gpt(text)], ["schedule_appointment"], rng)
+
+
+LITERATURE_QUESTIONS = {"en": ["Search the medical literature for how {name} is treated and prevented.",
+                               "Find me some reading on managing {name}."],
+                        "zh": ["帮我查一下关于{name}治疗和预防的资料。", "检索一下{name}的相关医学资料。"]}
+
+
+def literature_row(c: Condition, lang: str, rng: random.Random) -> dict:
+    name = name_of(c, lang)
+    if lang == "en":
+        query = f"{c.en} treatment and prevention"
+        titles = [f"Treatment of {c.en}: a plain-language summary", f"Preventing {c.en}"]
+        intro = "Here is what the summaries I found say."
+    else:
+        query = f"{c.zh} 治疗 预防"
+        titles = [f"{c.zh}的治疗：通俗版综述", f"{c.zh}的预防"]
+        intro = "检索到的资料要点如下。"
+    summaries = [field(c, "treatment", lang), field(c, "prevention", lang)]
+    # The index is synthetic; saying so in the result keeps the sample from looking like real citations.
+    result = {"source": "medlab synthetic sample index",
+              "results": [{"title": t, "summary": s} for t, s in zip(titles, summaries)]}
+    conv = [human(rng.choice(LITERATURE_QUESTIONS[lang]).format(name=name)),
+            call("search_medical_literature", {"query": query, "max_results": 2}), observation(result),
+            gpt(join(lang, [intro, *summaries, CLOSERS[lang][2]]))]
+    return tool_row(conv, ["search_medical_literature"], rng)
+
+
+def bmi_then_booking_row(lang: str, rng: random.Random) -> dict:
+    """Two tool calls in one turn: compute BMI, then book the nutrition clinic."""
+    weight, height = random_body(rng)
+    date, time = random_slot(rng)
+    dept = NUTRITION[0 if lang == "en" else 1]
+    if lang == "en":
+        ask = f"I'm {height:.2f} m tall and weigh {weight} kg. Please work out my BMI and book me into the {dept} on {date} at {time}."
+    else:
+        ask = f"我身高{height:.2f}米，体重{weight}公斤。请帮我算一下BMI，并预约{date} {time}的{dept}。"
+    bmi_part, bmi_text = bmi_turns(weight, height, lang, rng)
+    book_part, book_text = booking_turns(dept, date, time, lang, rng)
+    return tool_row([human(ask), *bmi_part, *book_part, gpt(join(lang, [bmi_text, book_text]))],
+                    ["calculate_bmi", "schedule_appointment"], rng)
+
+
+def direct_answer_row(c: Condition, lang: str, rng: random.Random) -> dict:
+    """Tools are offered but none fits the question, so the assistant answers from knowledge."""
+    qtype = rng.choice(DIALOGUE_TYPES)
+    conv = [human(condition_question(c, qtype, lang, rng)), gpt(condition_answer(c, qtype, lang, rng))]
+    return tool_row(conv, [], rng)
+
+
+def build_toolcall(rng: random.Random) -> list[dict]:
+    conds = train_conditions()
+    rows = [bmi_row(LANGS[i % 2], rng) for i in range(24)]
+    rows += [interaction_row(ix, lang, rng) for ix in INTERACTIONS for lang in LANGS]
+    rows += [lab_row(lab, LANGS[i % 2], with_value=i % 3 == 0, rng=rng) for i, lab in enumerate(LABS)]
+    rows += [appointment_row(LANGS[i % 2], rng) for i in range(10)]
+    rows += [appointment_unavailable_row(lang, rng) for lang in LANGS]
+    rows += [appointment_clarify_row(lang, rng) for lang in LANGS]
+    rows += [literature_row(c, LANGS[i % 2], rng) for i, c in enumerate(rng.sample(conds, 10))]
+    rows += [bmi_then_booking_row(LANGS[i % 2], rng) for i in range(4)]
+    rows += [direct_answer_row(c, LANGS[i % 2], rng) for i, c in enumerate(rng.sample(conds, 20))]
+    rng.shuffle(rows)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def rng_for(name: str) -> random.Random:
+    # One stream per file, so changing one builder leaves the other files byte-identical.
+    return random.Random(f"{SEED}:{name}")
+
+
+def main(out_dir: Path = SAMPLE_DIR) -> dict[str, int]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_lines(out_dir / "medical_corpus.txt", corpus := build_corpus(rng_for("corpus")))
+    outputs = {"medical_corpus.txt": len(corpus)}
+    for name, build in [("sft_alpaca.jsonl", build_alpaca), ("sft_sharegpt.jsonl", build_sharegpt),
+                        ("sft_messages.jsonl", build_messages), ("toolcall.jsonl", build_toolcall),
+                        ("val_sft_alpaca.jsonl", build_val_alpaca)]:
+        rows = build(rng_for(name))
+        write_jsonl(out_dir / name, rows)
+        outputs[name] = len(rows)
+    for name, count in outputs.items():
+        print(f"{name:24s} {count:4d} rows  {(out_dir / name).stat().st_size / 1024:6.1f} KB")
+    return outputs
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 assistant-only labels, pack and collate. Configs instantiate `CausalLMData` (see conf/data/)."""
 
 from medlab.data.errors import DataError
+from medlab.data.module import CausalLMData
 from medlab.data.readers import read_records
 
-__all__ = ["DataError", "read_records"]
+__all__ = ["CausalLMData", "DataError", "read_records"]

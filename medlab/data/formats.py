@@ -212,7 +212,8 @@ def _alpaca_messages(record: Mapping[str, Any]) -> list[dict]:
 
 
 def _conversation_messages(record: Mapping[str, Any]) -> list[dict]:
-    column = "conversations" if record.get("conversations") is not None else "messages"
+    has_conversations = record.get("conversations") is not None or "messages" not in record
+    column = "conversations" if has_conversations else "messages"
     turns = record.get(column)
     if turns is None:
         raise RowProblem(column, "missing_field", f"missing {column!r}")

@@ -97,18 +97,12 @@ def peek_records(path: str | Path, n: int = 5) -> list[dict]:
 
 def records_to_dataset(records: list[dict]) -> datasets.Dataset:
     """Build a Dataset from python records; nested values (lists, dicts) and mixed-type columns become `Json`."""
-    return datasets.Dataset.from_list(records, features=_infer_features(records))
-
-
-def _infer_features(records: list[dict]) -> datasets.Features:
     columns: dict[str, None] = {}
     for record in records:
-        columns.update(dict.fromkeys(record))
-    fields = []
-    for column in columns:
-        values = [record.get(column) for record in records]
-        fields.append(_infer_column(column, values))
-    return datasets.Features({name: feature for name, feature in fields})
+        columns.update(dict.fromkeys(record))  # every key of every row (a key may first appear late)
+    data = {column: [record.get(column) for record in records] for column in columns}
+    features = datasets.Features(dict(_infer_column(column, values) for column, values in data.items()))
+    return datasets.Dataset.from_dict(data, features=features)
 
 
 def _infer_column(column: str, values: list) -> tuple[str, object]:
@@ -124,11 +118,13 @@ def _infer_column(column: str, values: list) -> tuple[str, object]:
 
 
 def _first(items: Iterator[dict], n: int) -> list[dict]:
-    out = []
+    out: list[dict] = []
+    if n <= 0:
+        return out
     for item in items:
+        out.append(item)
         if len(out) >= n:
             break
-        out.append(item)
     return out
 
 

@@ -8,7 +8,7 @@ no `{% generation %}` markers): for assistant turn i,
 
 and the trained span runs from `start` to the end of the last end-of-turn string inside [start, end)
 (so the newline a template writes after `<|im_end|>` is not trained). The full conversation is rendered
-and tokenized once with offsets; a token is trained when it *starts* inside a span. If a span has no
+and tokenized once with offsets; a token is trained when it overlaps a span. If a span has no
 end-of-turn string (a tokenizer template that never closes answers), the EOS token is inserted after it
 and trained, so the model always learns to stop.
 
@@ -71,13 +71,17 @@ def assistant_spans(template: ChatTemplate, messages: Sequence[dict], tools: str
 def mask_labels(
     input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, bool]], eos_id: int
 ) -> tuple[list[int], list[int]]:
-    """Labels = input_ids for tokens starting inside a span, else -100; EOS inserted after spans without one."""
+    """Labels = input_ids for tokens that overlap a span, else -100; EOS inserted after spans without one.
+
+    A token straddling the start of an answer (a generation prompt ending in a space, then " Answer" as one
+    token) is trained: it is the first token the model must produce.
+    """
     ids, labels = [], []
     pending = list(spans)
-    for token_id, (start, _end) in zip(input_ids, offsets):
+    for token_id, (start, end) in zip(input_ids, offsets):
         while pending and start >= pending[0][1]:
             _close_span(ids, labels, pending.pop(0), eos_id)
-        inside = bool(pending) and pending[0][0] <= start < pending[0][1]
+        inside = bool(pending) and max(end, start + 1) > pending[0][0]  # overlaps the span (start < span end here)
         ids.append(token_id)
         labels.append(token_id if inside else IGNORE_INDEX)
     for span in pending:
@@ -89,6 +93,13 @@ def _close_span(ids: list[int], labels: list[int], span: tuple[int, int, bool], 
     if not span[2]:  # the template wrote no end-of-turn: train an explicit EOS right after the answer
         ids.append(eos_id)
         labels.append(eos_id)
+
+
+def tokenize_conversation(messages: Sequence[dict], tools: str | None, *, template: ChatTemplate, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """One conversation -> (input_ids, labels) with assistant-only labels (no length policy applied)."""
+    text, spans = assistant_spans(template, messages, tools)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return mask_labels(encoded["input_ids"], encoded["offset_mapping"], spans, require_eos_id(tokenizer))
 
 
 def end_of_turn_id(template: ChatTemplate, tokenizer: Any) -> int:

@@ -1,0 +1,284 @@
+"""`CausalLMData`: the data object that `conf/data/*.yaml` instantiates for causal-LM objectives.
+
+    data = CausalLMData(path="sft.jsonl", template="chatml", max_length=1024)
+    problems = data.validate()        # cheap, no tokenizer: files, format, columns, names
+    counts = data.setup(tokenizer)    # read -> normalize -> tokenize (cached) -> filter/pack
+    batch = data.collate([data.train_dataset[i] for i in range(8)])
+
+The pipeline itself lives in small functions (readers, formats, templates, tokenize, packing, collate);
+this class only holds the settings and wires them together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from medlab.data import cache
+from medlab.data.collate import collate_padded, collate_padding_free
+from medlab.data.errors import DataError
+from medlab.data.formats import CHAT_FORMATS, FORMATS, detect_format, field_mapping_problems, format_problems, mapped_columns, normalize
+from medlab.data.packing import pack_blocks
+from medlab.data.readers import FILE_TYPES, as_path_list, check_exists, peek_records, read_file
+from medlab.data.templates import TEMPLATE_NAMES, get_template
+from medlab.data.tokenize import MODES, TRUNCATION_POLICIES, require_eos_id, tokenize_dataset
+
+log = logging.getLogger(__name__)
+
+
+class CausalLMData:
+    """Settings + pipeline for SFT (chat rows, assistant-only loss) and CPT (text, packed blocks).
+
+    Args:
+        path: data file(s) or saved-dataset dir(s); a list is concatenated.
+        val_path: validation file(s); if None and `val_split > 0`, that fraction of the rows is held out
+            with a fixed seed (split before tokenization/packing, so no document is in both).
+        format: `auto` (detect from columns) or one of alpaca, sharegpt, openai, toolcall, text.
+        fields: rename user columns to canonical ones, e.g. `{instruction: question, output: answer}`.
+        mode: `sft` (chat rows, train on assistant turns) or `cpt` (text rows, train on everything).
+        template: chat template name (chatml, llama3, chatglm3, baichuan2, deepseek) or `tokenizer`.
+        system_prompt: system message inserted into rows that have none (None = leave rows as they are).
+        max_length: longest SFT example / CPT block length, in tokens.
+        truncation: `truncate` (cut, keep EOS) or `drop` for SFT rows longer than max_length.
+        on_bad_row: `error` (raise listing the bad rows) or `skip` (drop them, counted).
+        packing: SFT only: padding-free collation (examples concatenated into one row). CPT is always packed.
+        limit: use only the first N rows of the train (and val) data, for smoke tests.
+        cache_dir: where tokenized datasets are cached (None = no cache).
+    """
+
+    def __init__(
+        self,
+        path: str | Sequence[str],
+        val_path: str | Sequence[str] | None = None,
+        val_split: float = 0.0,
+        format: str = "auto",
+        fields: Mapping[str, str] | None = None,
+        mode: str = "sft",
+        template: str = "chatml",
+        system_prompt: str | None = None,
+        max_length: int = 512,
+        truncation: str = "truncate",
+        on_bad_row: str = "error",
+        packing: bool = False,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        limit: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ):
+        self.paths = _paths(path)
+        self.val_paths = _paths(val_path) if val_path else []
+        self.val_split = float(val_split)
+        self.format = format
+        self.fields = dict(fields) if fields else None
+        self.mode = mode
+        self.template = template
+        self.system_prompt = system_prompt
+        self.max_length = max_length
+        self.truncation = truncation
+        self.on_bad_row = on_bad_row
+        self.packing = bool(packing)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.limit = limit
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.train_dataset: datasets.Dataset | None = None
+        self.val_dataset: datasets.Dataset | None = None
+        self.counts: dict[str, int] = {}
+        self.pad_id: int | None = None
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def validate(self) -> list[str]:
+        """Every problem found without a tokenizer (files, format, columns, option values); [] if none."""
+        problems = self._option_problems()
+        for path in self.paths + self.val_paths:
+            problems += self._file_problems(path)
+        return problems
+
+    def _option_problems(self) -> list[str]:
+        problems = []
+        choices = {
+            "mode": (self.mode, MODES),
+            "format": (self.format, ("auto", *FORMATS)),
+            "template": (self.template, TEMPLATE_NAMES),
+            "truncation": (self.truncation, TRUNCATION_POLICIES),
+            "on_bad_row": (self.on_bad_row, ("error", "skip")),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                problems.append(f"data.{name}={value!r} is not one of {', '.join(allowed)}")
+        if not (isinstance(self.max_length, int) and self.max_length >= 2):
+            problems.append(f"data.max_length must be an integer >= 2, got {self.max_length!r}")
+        if not 0.0 <= self.val_split < 1.0:
+            problems.append(f"data.val_split must be in [0, 1), got {self.val_split}")
+        for name in ("batch_size", "val_batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                problems.append(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
+            problems.append(f"data.limit must be a positive integer or null, got {self.limit!r}")
+        if self.format in FORMATS and not _mode_accepts(self.mode, self.format):
+            problems.append(_mode_mismatch(self.mode, self.format))
+        return problems
+
+    def _file_problems(self, path: Path) -> list[str]:
+        try:
+            check_exists(path)
+            if path.is_file() and path.suffix.lower() not in FILE_TYPES:
+                return [f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(FILE_TYPES)})"]
+            rows = peek_records(path)
+        except DataError as err:
+            return [str(err)]
+        if not rows:
+            return [f"{path}: contains no records"]
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        problems = [f"{path}: {p}" for p in field_mapping_problems(columns, self.fields)]
+        columns = mapped_columns(columns, self.fields)
+        fmt = detect_format(columns) if self.format == "auto" else self.format
+        if fmt is None:
+            return problems + [f"{path}: cannot detect the format from columns {columns}; set data.format and/or data.fields"]
+        if fmt not in FORMATS:
+            return problems
+        problems += [f"{path}: {p}" for p in format_problems(fmt, columns)]
+        if self.format == "auto" and self.mode in MODES and not _mode_accepts(self.mode, fmt):
+            problems.append(f"{path}: {_mode_mismatch(self.mode, fmt)}")
+        return problems
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def setup(self, tokenizer: Any) -> dict[str, int]:
+        """Read, normalize, tokenize (or load from cache), filter/pack; returns kept/dropped counts by reason."""
+        problems = self.validate()
+        if problems:
+            raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else require_eos_id(tokenizer)
+        entry = self._cache_entry(tokenizer)
+        cached = cache.load_entry(entry) if entry is not None else None
+        if cached is not None:
+            self.train_dataset, self.val_dataset, self.counts = cached
+            log.info("data: loaded tokenized data from cache %s", entry)
+        else:
+            self.train_dataset, self.val_dataset, self.counts = self._build(tokenizer)
+            if entry is not None:
+                cache.save_entry(entry, self.train_dataset, self.val_dataset, self.counts)
+        log.info("data: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
+        return dict(self.counts)
+
+    def _build(self, tokenizer: Any) -> tuple[datasets.Dataset, datasets.Dataset | None, dict[str, int]]:
+        counts: dict[str, int] = {}
+        train_rows = self._rows(self.paths, "train", counts)
+        if self.val_paths:
+            val_rows = self._rows(self.val_paths, "val", counts)
+        elif self.val_split > 0:
+            train_rows, val_rows = _hold_out(train_rows, self.val_split, self.seed)
+        else:
+            val_rows = None
+        template = get_template(self.template, tokenizer) if self.mode == "sft" else None
+        train = self._tokenized(train_rows, "train", tokenizer, template, counts)
+        val = self._tokenized(val_rows, "val", tokenizer, template, counts) if val_rows is not None else None
+        return train, val, counts
+
+    def _rows(self, paths: list[Path], split: str, counts: dict[str, int]) -> datasets.Dataset:
+        parts, remaining = [], self.limit
+        for path in paths:
+            if remaining == 0:
+                break
+            raw = read_file(path)
+            if remaining is not None:
+                raw = raw.select(range(min(remaining, len(raw))))
+                remaining -= len(raw)
+            rows, fmt, dropped = normalize(
+                raw, self.format, fields=self.fields, file=str(path), on_bad_row=self.on_bad_row, system_prompt=self.system_prompt
+            )
+            if not _mode_accepts(self.mode, fmt):
+                raise DataError(f"{path}: {_mode_mismatch(self.mode, fmt)}")
+            _add(counts, split, {"read": len(raw), **dropped})
+            for reason, n in dropped.items():
+                log.warning("data: %s: dropped %d row(s): %s", path, n, reason)
+            parts.append(rows)
+        rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        if len(rows) == 0:
+            raise DataError(f"no {split} rows left after dropping bad rows: {_split_counts(counts, split)}")
+        return rows
+
+    def _tokenized(self, rows: datasets.Dataset, split: str, tokenizer: Any, template, counts: dict[str, int]) -> datasets.Dataset:
+        tokenized, dropped = tokenize_dataset(
+            rows, tokenizer, mode=self.mode, template=template, max_length=self.max_length, truncation=self.truncation
+        )
+        _add(counts, split, dropped)
+        if self.mode == "cpt":
+            tokenized, packed = pack_blocks(tokenized, self.max_length)
+            _add(counts, split, packed)
+        if len(tokenized) == 0:
+            raise DataError(f"no {split} examples left after tokenization: {_split_counts(counts, split)}")
+        _add(counts, split, {"kept": len(tokenized)})
+        return tokenized.add_column("id", list(range(len(tokenized))), feature=datasets.Value("int64"))
+
+    def _cache_entry(self, tokenizer: Any) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        template_source = get_template(self.template, tokenizer).source if self.mode == "sft" else None
+        key = cache.cache_key(
+            {
+                "train": cache.file_fingerprint(self.paths),
+                "val": cache.file_fingerprint(self.val_paths),
+                "args": {
+                    name: getattr(self, name)
+                    for name in ("val_split", "format", "fields", "mode", "template", "system_prompt", "max_length", "truncation", "on_bad_row", "limit", "seed")
+                },
+                "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+                "template": template_source,
+            }
+        )
+        return Path(self.cache_dir) / "tokenized" / key
+
+    # ------------------------------------------------------------------------------------------ batches
+
+    def collate(self, examples: Sequence[dict]) -> dict:
+        """Batch dict (docs/INTERFACES.md): padded, or padding-free when `packing` is on for SFT."""
+        if self.pad_id is None:
+            raise RuntimeError("call setup(tokenizer) before collate")
+        if self.mode == "sft" and self.packing:
+            return collate_padding_free(examples)
+        return collate_padded(examples, self.pad_id)
+
+
+def _paths(path: str | Sequence[str] | None) -> list[Path]:
+    if path is None:
+        raise DataError("data.path is required")
+    return as_path_list(path if isinstance(path, (str, Path)) else list(path))
+
+
+def _mode_accepts(mode: str, fmt: str) -> bool:
+    return (mode == "sft" and fmt in CHAT_FORMATS) or (mode == "cpt" and fmt == "text") or mode not in MODES
+
+
+def _mode_mismatch(mode: str, fmt: str) -> str:
+    if mode == "sft":
+        return f"mode 'sft' needs chat rows (alpaca, sharegpt, openai, toolcall), but the format is {fmt!r}; use mode 'cpt' for plain text"
+    return f"mode 'cpt' needs text rows, but the format is {fmt!r}; use mode 'sft' for chat data"
+
+
+def _hold_out(rows: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split off `fraction` of the rows (at least one) with a fixed seed."""
+    n_val = max(1, round(len(rows) * fraction))
+    if n_val >= len(rows):
+        raise DataError(f"val_split={fraction} leaves no training rows out of {len(rows)}")
+    split = rows.train_test_split(test_size=n_val, seed=seed, shuffle=True, keep_in_memory=True)
+    return split["train"], split["test"]
+
+
+def _add(counts: dict[str, int], split: str, values: Mapping[str, int]) -> None:
+    for key, value in values.items():
+        counts[f"{split}/{key}"] = counts.get(f"{split}/{key}", 0) + int(value)
+
+
+def _split_counts(counts: dict[str, int], split: str) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if k.startswith(f"{split}/")}
