@@ -41,11 +41,15 @@ def compose(experiment: str | None = None, overrides: list[str] | None = None, r
     return _compose(experiment, overrides, run_dir)
 
 
-def run(cfg):
-    """Validate, build, train, evaluate and export one run; returns the final metrics dict."""
-    from medlab.run import run as _run
+def run(cfg, callbacks=None):
+    """Validate, build, train, evaluate and export one run (see `medlab.runner.run`).
 
-    return _run(cfg)
+    Returns the monitored validation metric as a float that also carries ``.metrics``, ``.run_dir``
+    and ``.history``.
+    """
+    from medlab.runner import run as _run
+
+    return _run(cfg, callbacks=callbacks)
 
 
 __all__ = ["compose", "run", "ROOT_DIR", "CONF_DIR", "ASSETS_DIR", "PACKAGE_DIR"]

@@ -11,7 +11,7 @@ from medlab.api import CONFIG_NAME, CONFIG_PATH
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
-    from medlab.run import run
+    from medlab.runner import run
 
     result = run(cfg)
     if result.metrics.get("status") == "interrupted":

@@ -13,9 +13,7 @@ import pytest
 
 import medlab
 
-import os
-from pathlib import Path
-TOKENIZER_DIR = Path(os.environ.get("DEV_TOK", medlab.ASSETS_DIR / "tokenizer"))  # DEV-ONLY
+TOKENIZER_DIR = medlab.ASSETS_DIR / "tokenizer"
 SAMPLE_DIR = medlab.ASSETS_DIR / "sample"
 IGNORE = -100
 
@@ -88,3 +86,16 @@ def tokenizer():
 def write_jsonl(path, rows) -> str:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return str(path)
+
+
+def tiny_llama(vocab: int, attn_implementation: str = "sdpa", seed: int = 0):
+    """A random-init 2-layer Llama in fp32 (built in code, no files)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, attn_implementation=attn_implementation,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).float().eval()

@@ -129,12 +129,12 @@ def test_template_without_end_of_turn_gets_an_eos_and_straddling_first_token_is_
     generation prompt ends with a space, so the first answer token (" A...") starts in the prompt: still trained."""
     tok = _with_template(tokenizer, "{% for m in messages %}{{ m.role + ': ' + m.content + '\\n' }}{% endfor %}"
                                     "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
-    messages = SINGLE + [msg("user", "Is it curable?"), msg("assistant", "No, but it is controllable.")]
+    messages = SINGLE + [msg("user", "Is it curable?"), msg("assistant", "The cause is unknown.")]
     ids, labels = tokenize_conversation(messages, None, template=get_template("tokenizer", tok), tokenizer=tok)
-    assert trained_text(tok, labels) == f" A chronic disease of the airways.{tok.eos_token} No, but it is controllable.{tok.eos_token}"
+    assert trained_text(tok, labels) == f" A chronic disease of the airways.{tok.eos_token} The cause is unknown.{tok.eos_token}"
     assert ids.count(tok.eos_token_id) == 2
     assert decode(tok, ids) == f"user: What is asthma?\nassistant: A chronic disease of the airways.{tok.eos_token}\n" \
-                               f"user: Is it curable?\nassistant: No, but it is controllable.{tok.eos_token}\n"
+                               f"user: Is it curable?\nassistant: The cause is unknown.{tok.eos_token}\n"
 
 
 def test_template_that_masks_nothing_is_an_error(tokenizer):

@@ -392,8 +392,17 @@ class Loop:
         loop_state = ckpt.load_checkpoint(path, model=self.module, optimizer=self.optimizer,
                                           scheduler=self.scheduler, rank=self.fabric.global_rank)
         self.state = LoopState(**loop_state)
+        self._rewind_loggers(self.state.global_step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.global_step,
                  self.state.epoch, self.state.batch_in_epoch)
+
+    def _rewind_loggers(self, step: int) -> None:
+        """Loggers forget what the crashed attempt logged after ``step`` (it is logged again)."""
+        for lg in self.fabric.loggers:
+            if hasattr(lg, "resume_at"):
+                lg.resume_at(step)
+            elif type(lg).__name__ == "TensorBoardLogger" and getattr(lg, "_experiment", None) is None:
+                lg._kwargs["purge_step"] = step + 1  # SummaryWriter drops events after the checkpoint
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handler(self) -> None:

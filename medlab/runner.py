@@ -56,7 +56,7 @@ def build_fabric(cfg: DictConfig, callbacks: list | None = None):
     from lightning.fabric import Fabric
 
     s = cfg.strategy
-    options = OmegaConf.to_container(s.get("options") or {}, resolve=True)
+    options = OmegaConf.to_container(s.options, resolve=True) if s.get("options") else {}
     strategy: Any = "auto" if s.name in ("single", "auto") else s.name
     if s.name == "fsdp":
         from lightning.fabric.strategies import FSDPStrategy
