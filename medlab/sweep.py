@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,21 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], sort_by: str | No
         keys += [k for k in r if k not in keys]
     if sort_by and any(sort_by in r for r in rows):
         big = float("inf") if mode == "min" else float("-inf")
-        rows = sorted(rows, key=lambda r: r.get(sort_by, big), reverse=mode == "max")
+
+        def key(r: dict[str, Any]) -> float:
+            # Failed jobs (no value) and diverged ones (NaN: unordered, it would scramble the sort) go last.
+            v = r.get(sort_by)
+            return big if not isinstance(v, (int, float)) or math.isnan(v) else v
+
+        rows = sorted(rows, key=key, reverse=mode == "max")
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
 
     def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+        text = f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+        return text.replace("|", "\\|")  # an override value with a pipe would split the markdown row
 
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]

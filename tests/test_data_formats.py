@@ -7,10 +7,10 @@ import json
 
 import datasets
 import pytest
+from test_data_support import SAMPLE_DIR
 
 from medlab.data import DataError, read_records
 from medlab.data.formats import detect_format, normalize
-from test_data_support import SAMPLE_DIR
 
 
 def ds(rows):
@@ -41,32 +41,67 @@ def test_detect_format(columns, expected):
 
 
 def test_alpaca_with_system_and_history():
-    rows = [{"instruction": "Explain", "input": "asthma", "output": "An airway disease.", "system": "Be brief.",
-             "history": [["Hi", "Hello!"]]}]
+    rows = [
+        {
+            "instruction": "Explain",
+            "input": "asthma",
+            "output": "An airway disease.",
+            "system": "Be brief.",
+            "history": [["Hi", "Hello!"]],
+        }
+    ]
     out, fmt, dropped = normalize(ds(rows))
     assert (fmt, dropped) == ("alpaca", {})
     assert out[0] == {
-        "messages": [m("system", "Be brief."), m("user", "Hi"), m("assistant", "Hello!"), m("user", "Explain\nasthma"),
-                     m("assistant", "An airway disease.")],
+        "messages": [
+            m("system", "Be brief."),
+            m("user", "Hi"),
+            m("assistant", "Hello!"),
+            m("user", "Explain\nasthma"),
+            m("assistant", "An airway disease."),
+        ],
         "tools": None,
         "row": 0,
     }
 
 
 def test_sharegpt_and_openai_give_the_same_rows():
-    sharegpt = [{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}]
-    openai = [{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}]
+    sharegpt = [
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "Q"},
+                {"from": "gpt", "value": "A"},
+            ]
+        }
+    ]
+    openai = [
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+            ]
+        }
+    ]
     a, fmt_a, _ = normalize(ds(sharegpt))
     b, fmt_b, _ = normalize(ds(openai))
     assert (fmt_a, fmt_b) == ("sharegpt", "openai")
-    assert a.to_list() == b.to_list() == [{"messages": [m("system", "S"), m("user", "Q"), m("assistant", "A")], "tools": None, "row": 0}]
+    assert (
+        a.to_list()
+        == b.to_list()
+        == [{"messages": [m("system", "S"), m("user", "Q"), m("assistant", "A")], "tools": None, "row": 0}]
+    )
 
 
 def test_toolcall_glaive_style():
     row = {
         "conversations": [
             {"from": "human", "value": "BMI for 70 kg, 1.75 m?"},
-            {"from": "function_call", "value": '{"name": "calculate_bmi", "arguments": {"weight_kg": 70, "height_m": 1.75}}'},
+            {
+                "from": "function_call",
+                "value": '{"name": "calculate_bmi", "arguments": {"weight_kg": 70, "height_m": 1.75}}',
+            },
             {"from": "observation", "value": '{"bmi": 22.9}'},
             {"from": "gpt", "value": "22.9"},
         ],
@@ -85,25 +120,42 @@ def test_toolcall_glaive_style():
 
 def test_toolcall_openai_style_and_text_before_call_is_one_turn():
     rows = [
-        {"messages": [
-            {"role": "user", "content": "BMI?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "bmi", "arguments": '{"w": 1}'}}]},
-            {"role": "tool", "content": "1"},
-            {"role": "assistant", "content": [{"type": "text", "text": "It is 1."}]},
-        ], "tools": [{"type": "function", "function": {"name": "bmi"}}]},
-        {"conversations": [
-            {"from": "human", "value": "BMI?"}, {"from": "gpt", "value": "Checking."},
-            {"from": "function_call", "value": '[{"name": "bmi", "arguments": {"w": 1}}, {"name": "bmi", "arguments": {"w": 2}}]'},
-            {"from": "observation", "value": "1"}, {"from": "gpt", "value": "Done."},
-        ], "tools": None},
+        {
+            "messages": [
+                {"role": "user", "content": "BMI?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "bmi", "arguments": '{"w": 1}'}}
+                    ],
+                },
+                {"role": "tool", "content": "1"},
+                {"role": "assistant", "content": [{"type": "text", "text": "It is 1."}]},
+            ],
+            "tools": [{"type": "function", "function": {"name": "bmi"}}],
+        },
+        {
+            "conversations": [
+                {"from": "human", "value": "BMI?"},
+                {"from": "gpt", "value": "Checking."},
+                {
+                    "from": "function_call",
+                    "value": '[{"name": "bmi", "arguments": {"w": 1}}, {"name": "bmi", "arguments": {"w": 2}}]',
+                },
+                {"from": "observation", "value": "1"},
+                {"from": "gpt", "value": "Done."},
+            ],
+            "tools": None,
+        },
     ]
     first, _, _ = normalize(ds(rows[:1]))
     second, _, _ = normalize(ds(rows[1:]), "toolcall")
     assert first[0]["messages"][1] == m("assistant", "", [{"name": "bmi", "arguments": '{"w": 1}'}])
     assert first[0]["messages"][3]["content"] == "It is 1."
-    assert second[0]["messages"][1] == m("assistant", "Checking.", [{"name": "bmi", "arguments": '{"w": 1}'},
-                                                                   {"name": "bmi", "arguments": '{"w": 2}'}])
+    assert second[0]["messages"][1] == m(
+        "assistant", "Checking.", [{"name": "bmi", "arguments": '{"w": 1}'}, {"name": "bmi", "arguments": '{"w": 2}'}]
+    )
 
 
 def test_text_rows():
@@ -136,14 +188,26 @@ def test_default_system_prompt_only_where_missing():
 
 
 BAD_ROWS = [
-    {"conversations": [{"from": "human", "value": "ok"}, {"from": "gpt", "value": "fine"}]},          # 0 good
-    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]},             # 1 empty answer
-    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "q2"}]},  # 2
-    {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{not json"}, {"from": "gpt", "value": "a"}]},  # 3
-    {"conversations": "not a list"},                                                                   # 4 wrong type
-    {"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "a"}]},                # 5 wrong type
-    {"conversations": [{"from": "doctor", "value": "q"}, {"from": "gpt", "value": "a"}]},             # 6 unknown role
-    {"conversations": None},                                                                           # 7 missing
+    {"conversations": [{"from": "human", "value": "ok"}, {"from": "gpt", "value": "fine"}]},  # 0 good
+    {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]},  # 1 empty answer
+    {
+        "conversations": [
+            {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "a"},
+            {"from": "human", "value": "q2"},
+        ]
+    },  # 2
+    {
+        "conversations": [
+            {"from": "human", "value": "q"},
+            {"from": "function_call", "value": "{not json"},
+            {"from": "gpt", "value": "a"},
+        ]
+    },  # 3
+    {"conversations": "not a list"},  # 4 wrong type
+    {"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "a"}]},  # 5 wrong type
+    {"conversations": [{"from": "doctor", "value": "q"}, {"from": "gpt", "value": "a"}]},  # 6 unknown role
+    {"conversations": None},  # 7 missing
 ]
 
 
@@ -188,7 +252,11 @@ def test_bad_rows_skip_drops_and_counts():
 
 
 def test_alpaca_and_text_row_problems():
-    rows = [{"instruction": "q", "output": None}, {"instruction": 3, "output": "a"}, {"instruction": "q", "output": "a"}]
+    rows = [
+        {"instruction": "q", "output": None},
+        {"instruction": 3, "output": "a"},
+        {"instruction": "q", "output": "a"},
+    ]
     _, _, dropped = normalize(ds(rows), on_bad_row="skip")
     assert dropped == {"bad_row/missing_field": 1, "bad_row/wrong_type": 1}
     _, _, dropped = normalize(ds([{"text": " "}, {"text": "ok"}]), on_bad_row="skip")
@@ -196,8 +264,15 @@ def test_alpaca_and_text_row_problems():
 
 
 @pytest.mark.parametrize(
-    "name, fmt", [("sft_alpaca.jsonl", "alpaca"), ("sft_sharegpt.jsonl", "sharegpt"), ("sft_messages.jsonl", "openai"),
-                  ("toolcall.jsonl", "toolcall"), ("val_sft_alpaca.jsonl", "alpaca"), ("medical_corpus.txt", "text")]
+    "name, fmt",
+    [
+        ("sft_alpaca.jsonl", "alpaca"),
+        ("sft_sharegpt.jsonl", "sharegpt"),
+        ("sft_messages.jsonl", "openai"),
+        ("toolcall.jsonl", "toolcall"),
+        ("val_sft_alpaca.jsonl", "alpaca"),
+        ("medical_corpus.txt", "text"),
+    ],
 )
 def test_shipped_samples_normalize_without_problems(name, fmt):
     path = SAMPLE_DIR / name
@@ -226,9 +301,16 @@ def test_real_glaive_toolcall_data(shared_data):
 def test_features_are_fixed_for_any_batch_mix():
     """Rows without tool calls and rows with them share one arrow schema (no per-batch inference)."""
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 1001
-    rows.append({"messages": [{"role": "user", "content": "q"},
-                              {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
-                              {"role": "tool", "content": "r"}, {"role": "assistant", "content": "a"}]})
+    rows.append(
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
+                {"role": "tool", "content": "r"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    )
     out, _, _ = normalize(ds(rows))
     assert isinstance(out.features["messages"], datasets.List)
     assert out[1001]["messages"][1]["tool_calls"] == [{"name": "f", "arguments": "{}"}]

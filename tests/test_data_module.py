@@ -12,11 +12,11 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from test_data_support import SAMPLE_DIR, tokenizer, write_jsonl  # noqa: F401  (fixture)
 
 import medlab
 from medlab.data import CausalLMData, DataError
 from medlab.data import module as data_module
-from test_data_support import SAMPLE_DIR, tokenizer, write_jsonl  # noqa: F401  (fixture)
 
 ALPACA = str(SAMPLE_DIR / "sft_alpaca.jsonl")
 CONF_DATA = medlab.CONF_DIR / "data"
@@ -33,12 +33,26 @@ def test_validate_lists_every_problem_at_once(tmp_path):
     data = CausalLMData(
         path=[str(tmp_path / "missing.jsonl"), str(tmp_path / "empty.jsonl"), str(tmp_path / "qa.jsonl")],
         val_path=str(SAMPLE_DIR / "medical_corpus.txt"),
-        template="vicuna", truncation="cut", on_bad_row="ignore", max_length=0, val_split=1.5, batch_size=0,
+        template="vicuna",
+        truncation="cut",
+        on_bad_row="ignore",
+        max_length=0,
+        val_split=1.5,
+        batch_size=0,
     )
     problems = data.validate()
-    for needle in ("data file not found", "empty.jsonl: file is empty", "qa.jsonl: cannot detect the format",
-                   "medical_corpus.txt: mode 'sft' needs chat rows", "template='vicuna'", "truncation='cut'",
-                   "on_bad_row='ignore'", "max_length", "val_split", "batch_size"):
+    for needle in (
+        "data file not found",
+        "empty.jsonl: file is empty",
+        "qa.jsonl: cannot detect the format",
+        "medical_corpus.txt: mode 'sft' needs chat rows",
+        "template='vicuna'",
+        "truncation='cut'",
+        "on_bad_row='ignore'",
+        "max_length",
+        "val_split",
+        "data.batch_size",
+    ):
         assert sum(needle in p for p in problems) == 1, (needle, problems)
     with pytest.raises(DataError, match="invalid data config"):
         data.setup(None)
@@ -47,7 +61,9 @@ def test_validate_lists_every_problem_at_once(tmp_path):
 def test_validate_checks_columns_fields_and_mode(tmp_path):
     qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
     assert CausalLMData(path=qa, fields={"instruction": "question", "output": "answer"}).validate() == []
-    assert "column 'reply'" in CausalLMData(path=qa, fields={"instruction": "question", "output": "reply"}).validate()[0]
+    assert (
+        "column 'reply'" in CausalLMData(path=qa, fields={"instruction": "question", "output": "reply"}).validate()[0]
+    )
     assert "needs a column 'text'" in CausalLMData(path=qa, format="text", mode="cpt").validate()[0]
     assert "mode 'cpt' needs text rows" in CausalLMData(path=ALPACA, mode="cpt").validate()[0]
     assert "mode 'cpt' needs text rows" in CausalLMData(path=ALPACA, format="alpaca", mode="cpt").validate()[0]
@@ -91,7 +107,7 @@ def test_val_split_is_fixed_by_seed_and_disjoint(tokenizer):
 
 def test_limit_and_mixed_format_file_list(tokenizer):
     files = [ALPACA, str(SAMPLE_DIR / "sft_sharegpt.jsonl"), str(SAMPLE_DIR / "toolcall.jsonl")]
-    data = CausalLMData(path=files, max_length=512)
+    data = CausalLMData(path=files, max_length=1024)
     counts = data.setup(tokenizer)
     assert counts["train/kept"] == sum(1 for f in files for _ in open(f))
     limited = CausalLMData(path=files, limit=5)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
+from test_data_support import SAMPLE_DIR, tiny_llama, tokenizer, write_jsonl  # noqa: F401  (fixture)
 
 from medlab.data import CausalLMData, read_records
 from medlab.data.collate import collate_padded, collate_padding_free
 from medlab.data.packing import pack_blocks
-from test_data_support import SAMPLE_DIR, tiny_llama, tokenizer, write_jsonl  # noqa: F401  (fixture)
 
 I = -100  # noqa: E741
 
@@ -39,7 +39,9 @@ def test_cpt_setup_packs_the_sample_corpus(tokenizer):
     blocks = counts["train/blocks"] + counts["val/blocks"]
     dropped = counts["train/partial_block_tokens_dropped"] + counts["val/partial_block_tokens_dropped"]
     assert blocks * 128 + dropped == total
-    assert counts["train/documents"] + counts["val/documents"] == len(docs) and counts["val/documents"] == round(0.05 * len(docs))
+    assert counts["train/documents"] + counts["val/documents"] == len(docs) and counts["val/documents"] == round(
+        0.05 * len(docs)
+    )
     assert 0 <= counts["train/partial_block_tokens_dropped"] < 128
     eos = tokenizer.eos_token_id
     for block in data.train_dataset:
@@ -67,7 +69,9 @@ def test_transformers_isolates_documents_by_position_ids(attn):
     with torch.no_grad():
         alone = model(input_ids=b, use_cache=False).logits
         isolated = model(input_ids=packed, position_ids=positions, use_cache=False).logits[:, 7:]
-        with_mask = model(input_ids=packed, position_ids=positions, attention_mask=torch.ones_like(packed), use_cache=False)
+        with_mask = model(
+            input_ids=packed, position_ids=positions, attention_mask=torch.ones_like(packed), use_cache=False
+        )
         with_cache = model(input_ids=packed, position_ids=positions, use_cache=True)
     torch.testing.assert_close(isolated, alone, atol=1e-5, rtol=0)
     assert not torch.allclose(with_mask.logits[:, 7:], alone, atol=1e-3)
@@ -78,7 +82,11 @@ def sft_examples(tokenizer, tmp_path, packing):
     rows = [
         {"instruction": "What is asthma?", "input": "", "output": "A chronic disease of the airways."},
         {"instruction": "高血压有什么症状？", "input": "", "output": "通常没有症状。"},
-        {"instruction": "Define BMI.", "input": "For adults.", "output": "Weight in kg divided by height in metres squared."},
+        {
+            "instruction": "Define BMI.",
+            "input": "For adults.",
+            "output": "Weight in kg divided by height in metres squared.",
+        },
     ]
     data = CausalLMData(path=write_jsonl(tmp_path / "sft.jsonl", rows), packing=packing, max_length=128)
     data.setup(tokenizer)
@@ -133,7 +141,9 @@ def test_padding_free_loss_equals_padded_loss(attn, tokenizer, tmp_path):
         n = len(example["input_ids"])
         trained = torch.tensor(example["labels"][1:]) != I
         # padded row `row`, shifted positions 0..n-2  <->  padding-free positions offset..offset+n-2
-        torch.testing.assert_close(free[offset : offset + n - 1][trained], padded[row, : n - 1][trained], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            free[offset : offset + n - 1][trained], padded[row, : n - 1][trained], atol=1e-5, rtol=0
+        )
         if row:  # the position predicting this example's first token from the previous one is ignored
             assert free[offset - 1] == 0
         offset += n

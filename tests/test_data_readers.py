@@ -6,10 +6,10 @@ import json
 
 import datasets
 import pytest
+from test_data_support import write_jsonl
 
 from medlab.data import DataError, read_records
 from medlab.data.readers import peek_records
-from test_data_support import write_jsonl
 
 ROWS = [
     {"instruction": "What is asthma?", "input": "", "output": "A chronic airway disease."},
@@ -42,7 +42,9 @@ def test_json_list_columns_and_json_lines(tmp_path):
 
 def test_csv(tmp_path):
     path = tmp_path / "a.csv"
-    path.write_text('instruction,input,output\nWhat is asthma?,,A chronic airway disease.\n"Define BMI.",adult,"Weight / height²."\n')
+    path.write_text(
+        'instruction,input,output\nWhat is asthma?,,A chronic airway disease.\n"Define BMI.",adult,"Weight / height²."\n'
+    )
     assert read_records(path).to_list() == ROWS
 
 
@@ -59,9 +61,9 @@ def test_txt_one_row_per_non_empty_line(tmp_path):
 
 def test_saved_dataset_dir_and_split(tmp_path):
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "single"))
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}).save_to_disk(
-        str(tmp_path / "dict")
-    )
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
+    ).save_to_disk(str(tmp_path / "dict"))
     assert read_records(tmp_path / "single").to_list() == ROWS
     assert len(read_records(tmp_path / "dict")) == 2
     assert len(read_records(tmp_path / "dict", split="test")) == 1
@@ -80,7 +82,9 @@ def test_missing_file_is_named(tmp_path):
         read_records(tmp_path / "nope.jsonl")
 
 
-@pytest.mark.parametrize("name, content", [("e.jsonl", ""), ("e.json", "  \n"), ("e.txt", "\n\n"), ("e.csv", "a,b\n"), ("e.jsonl", "\n\n")])
+@pytest.mark.parametrize(
+    "name, content", [("e.jsonl", ""), ("e.json", "  \n"), ("e.txt", "\n\n"), ("e.csv", "a,b\n"), ("e.jsonl", "\n\n")]
+)
 def test_empty_file(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     with pytest.raises(DataError, match=f"{name}.*(empty|no records|no non-empty)"):

@@ -51,7 +51,11 @@ CONVERSATIONS = {
     "toolcall": (
         [
             msg("user", "I weigh 70 kg and I am 1.75 m tall. What is my BMI?"),
-            msg("assistant", "", [{"name": "calculate_bmi", "arguments": json.dumps({"weight_kg": 70, "height_m": 1.75})}]),
+            msg(
+                "assistant",
+                "",
+                [{"name": "calculate_bmi", "arguments": json.dumps({"weight_kg": 70, "height_m": 1.75})}],
+            ),
             msg("tool", json.dumps({"bmi": 22.9})),
             msg("assistant", "Your BMI is 22.9, in the normal range."),
         ],
@@ -60,7 +64,11 @@ CONVERSATIONS = {
     "toolcall_with_text": (
         [
             msg("user", "BMI for 52 kg, 1.50 m?"),
-            msg("assistant", "Let me calculate it.", [{"name": "calculate_bmi", "arguments": json.dumps({"weight_kg": 52, "height_m": 1.5})}]),
+            msg(
+                "assistant",
+                "Let me calculate it.",
+                [{"name": "calculate_bmi", "arguments": json.dumps({"weight_kg": 52, "height_m": 1.5})}],
+            ),
             msg("tool", json.dumps({"bmi": 23.1})),
             msg("user", "And?"),
             msg("assistant", "23.1: normal weight."),
@@ -94,8 +102,14 @@ def tiny_llama(vocab: int, attn_implementation: str = "sdpa", seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, attn_implementation=attn_implementation,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        attn_implementation=attn_implementation,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).float().eval()

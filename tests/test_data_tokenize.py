@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
+from test_data_support import tiny_llama, tokenizer, write_jsonl  # noqa: F401  (fixture)
 
 from medlab.data import CausalLMData, DataError
 from medlab.data.templates import get_template
 from medlab.data.tokenize import IGNORE_INDEX, fit_length, tokenize_dataset
-from test_data_support import tiny_llama, tokenizer, write_jsonl  # noqa: F401  (fixture)
 
 MAX_LENGTH = 64
 LONG = " ".join(["The patient reports intermittent chest pain radiating to the left arm."] * 30)
 ROWS = [
     {"instruction": "What is asthma?", "input": "", "output": "A chronic disease of the airways."},
-    {"instruction": "", "input": "", "output": ""},                      # empty row
-    {"instruction": LONG, "input": "", "output": "See a doctor."},       # overlong prompt
+    {"instruction": "", "input": "", "output": ""},  # empty row
+    {"instruction": LONG, "input": "", "output": "See a doctor."},  # overlong prompt
     {"instruction": "Describe the case.", "input": "", "output": LONG},  # overlong completion
 ]
 
@@ -41,7 +41,9 @@ def test_degenerate_rows_truncate(tmp_path, tokenizer):
     assert [label for label in short["labels"] if label != IGNORE_INDEX][-1] == eot  # then chatml's "\n", untrained
     assert len(cut["input_ids"]) == MAX_LENGTH
     assert cut["input_ids"][-1] == eot and cut["labels"][-1] == eot  # a cut answer still ends with EOS
-    assert cut["input_ids"][:-1] == tokenizer(_rendered(ROWS[3]), add_special_tokens=False)["input_ids"][: MAX_LENGTH - 1]
+    assert (
+        cut["input_ids"][:-1] == tokenizer(_rendered(ROWS[3]), add_special_tokens=False)["input_ids"][: MAX_LENGTH - 1]
+    )
 
 
 def test_degenerate_rows_drop(tmp_path, tokenizer):
@@ -76,13 +78,20 @@ def test_everything_dropped_is_an_error_with_the_counts(tmp_path, tokenizer):
 def test_fit_length_policy():
     ids, labels = [5, 6, 7, 8, 9], [IGNORE_INDEX, IGNORE_INDEX, 7, 8, 9]
     assert fit_length(list(ids), list(labels), 10, "truncate", 2) == (ids, labels, "kept")
-    assert fit_length(list(ids), list(labels), 4, "truncate", 2) == ([5, 6, 7, 2], [IGNORE_INDEX, IGNORE_INDEX, 7, 2], "truncated")
+    assert fit_length(list(ids), list(labels), 4, "truncate", 2) == (
+        [5, 6, 7, 2],
+        [IGNORE_INDEX, IGNORE_INDEX, 7, 2],
+        "truncated",
+    )
     assert fit_length(list(ids), list(labels), 4, "drop", 2)[2] == "dropped/too_long"
     assert fit_length(list(ids), list(labels), 2, "truncate", 2)[2] == "dropped/no_trained_tokens"
     # a cut that ends in the prompt does not force EOS into the prompt
     prompt_end = [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 8, 9]
     assert fit_length([1, 2, 3, 4, 5], [IGNORE_INDEX, 2, IGNORE_INDEX, 4, 5], 3, "truncate", 9) == (
-        [1, 2, 3], [IGNORE_INDEX, 2, IGNORE_INDEX], "truncated")
+        [1, 2, 3],
+        [IGNORE_INDEX, 2, IGNORE_INDEX],
+        "truncated",
+    )
     assert fit_length([1, 2, 3, 4, 5], prompt_end, 3, "truncate", 9)[2] == "dropped/no_trained_tokens"
 
 
@@ -98,8 +107,18 @@ def test_cpt_rows_are_tokens_plus_eos_all_trained(tokenizer):
 
 def test_modes_need_their_row_kind(tokenizer):
     text_rows = Dataset.from_list([{"text": "x", "row": 0}])
-    chat_rows = Dataset.from_list([{"messages": [{"role": "user", "content": "q", "tool_calls": []},
-                                                 {"role": "assistant", "content": "a", "tool_calls": []}], "tools": None, "row": 0}])
+    chat_rows = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "q", "tool_calls": []},
+                    {"role": "assistant", "content": "a", "tool_calls": []},
+                ],
+                "tools": None,
+                "row": 0,
+            }
+        ]
+    )
     with pytest.raises(DataError, match="mode 'sft' needs chat rows"):
         tokenize_dataset(text_rows, tokenizer, mode="sft", template=get_template("chatml"))
     with pytest.raises(DataError, match="mode 'cpt' needs text rows"):

@@ -9,6 +9,7 @@ import torch
 from helpers import cpu_fabric, pad_collate, tiny_llama, toy_examples
 
 from medlab.engine.loop import Loop, LoopConfig, NonFiniteLossError
+from medlab.engine.sampler import ResumableBatchSampler
 from medlab.objectives.causal_lm import CausalLM
 
 
@@ -30,13 +31,13 @@ class IdRecorder:
         self.ids.extend(batch["ids"])
 
 
-def _fit(tmp_path, module, data, *, batch_size, callbacks=(), resume=None, **cfg):
+def _fit(tmp_path, module, data, *, batch_size, callbacks=(), resume=None, val_data=None, **cfg):
     fabric = cpu_fabric(callbacks=list(callbacks))
     base = dict(max_steps=1, log_every_n_steps=1, gradient_clip_val=None, progress_bar=False, seed=0,
                 ckpt_every_n_steps=None, save_final_checkpoint=False)
     base.update(cfg)
     loop = Loop(fabric, LoopConfig(**base), tmp_path)
-    result = loop.fit(module, data, pad_collate, batch_size=batch_size, resume=resume)
+    result = loop.fit(module, data, pad_collate, batch_size=batch_size, resume=resume, val_data=val_data)
     return loop, result
 
 
@@ -146,3 +147,29 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, stop_at):
     resumed = [(h["step"], h["train/loss"], h["train/lr"]) for h in loop2.history if "train/loss" in h]
     assert resumed == ref[stop_at:]  # exact: same losses and lrs, step by step
     assert ids1.ids[: stop_at * 4] + ids2.ids == ref_ids.ids
+
+
+def test_early_stopping_stops_after_patience(tmp_path):
+    data = toy_examples(24)
+    module = CausalLM(tiny_llama(), lr=1e-12, warmup_ratio=0.0)  # ~no learning: val/loss cannot improve by min_delta
+    loop, result = _fit(tmp_path, module, data, batch_size=4, max_steps=50, val_every_n_steps=2, patience=2,
+                        min_delta=1e-3, val_data=toy_examples(8, seed=1))
+    assert result.status == "early_stopped"
+    assert loop.state.global_step == 6  # evals at 2 (best), 4 (1 bad), 6 (2 bad -> stop)
+    assert loop.state.best_step == 2
+
+
+def test_validation_metrics_are_token_weighted_means(tmp_path):
+    """val/loss = sum over batches of loss_b * tokens_b / total tokens, i.e. the whole set's token mean."""
+    from medlab.losses import causal_lm_loss
+
+    data = toy_examples(10)
+    model = tiny_llama()
+    loop, _ = _fit(tmp_path, CausalLM(model, lr=0.0), data, batch_size=4, max_steps=1)
+    loop.val_data, loop.val_sampler = data, ResumableBatchSampler(len(data), 3, shuffle=False)
+    metrics = loop.validate()  # 4 batches of 3, 3, 3, 1 rows with different token counts
+    whole = pad_collate(data)
+    with torch.no_grad():
+        expected = causal_lm_loss(model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"]).logits,
+                                  whole["labels"]).item()
+    assert metrics["val/loss"] == pytest.approx(expected, abs=1e-5)

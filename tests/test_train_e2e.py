@@ -78,3 +78,21 @@ def test_adapters_train_only_adapter_weights(tmp_path, monkeypatch, experiment):
     assert (result.run_dir / "export" / "adapter_config.json").exists()
     if experiment == "sft_qlora":
         assert any(p.dtype == torch.uint8 for p in before.values())  # the base really is 4-bit
+
+
+def test_lora_export_reloads_and_merge_matches(tmp_path):
+    """RELIABILITY 8: the exported adapter reloads to the same outputs, and the merged model equals it."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    result = _run(tmp_path, "sft_lora", ["export.merge_lora=true", "trainer.max_steps=6"])
+    d = result.run_dir
+    adapter = AutoPeftModelForCausalLM.from_pretrained(d / "export").eval()
+    merged = AutoModelForCausalLM.from_pretrained(d / "export_merged").eval()
+    ids = torch.tensor([[5, 17, 230, 99, 4000, 12]])
+    with torch.no_grad():
+        a, m = adapter(input_ids=ids).logits, merged(input_ids=ids).logits
+        with adapter.disable_adapter():
+            b = adapter(input_ids=ids).logits
+    torch.testing.assert_close(m, a, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a, b, atol=1e-4)  # the adapter is not a no-op after training

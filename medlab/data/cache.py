@@ -41,7 +41,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "class": type(tokenizer).__name__,
         "backend": backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items()),
         "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, (str, type(None))) else json.dumps(tokenizer.chat_template, sort_keys=True),
+        "chat_template": tokenizer.chat_template
+        if isinstance(tokenizer.chat_template, (str, type(None)))
+        else json.dumps(tokenizer.chat_template, sort_keys=True),
         "eos_pad": [tokenizer.eos_token_id, tokenizer.pad_token_id],
     }
     return _sha(parts)

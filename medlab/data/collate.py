@@ -36,7 +36,9 @@ def collate_padded(examples: Sequence[dict], pad_id: int) -> dict:
     if all("position_ids" in example for example in examples):
         if len(set(lengths)) != 1:
             raise ValueError("packed blocks must all have the same length (they carry position_ids and no mask)")
-        batch["position_ids"] = torch.as_tensor([list(example["position_ids"]) for example in examples], dtype=torch.long)
+        batch["position_ids"] = torch.as_tensor(
+            [list(example["position_ids"]) for example in examples], dtype=torch.long
+        )
     else:
         batch["attention_mask"] = attention_mask
     return _with_counts(batch, examples, sum(lengths))

@@ -50,7 +50,11 @@ ROLE_ALIASES = {
 }
 
 TOOL_CALL = {"name": datasets.Value("string"), "arguments": datasets.Value("string")}
-MESSAGE = {"role": datasets.Value("string"), "content": datasets.Value("string"), "tool_calls": datasets.List(TOOL_CALL)}
+MESSAGE = {
+    "role": datasets.Value("string"),
+    "content": datasets.Value("string"),
+    "tool_calls": datasets.List(TOOL_CALL),
+}
 PROBLEM_COLUMNS = {name: datasets.Value("string") for name in ("_field", "_reason", "_message")}
 CHAT_FEATURES = datasets.Features(
     {"messages": datasets.List(MESSAGE), "tools": datasets.Value("string"), "row": datasets.Value("int64")}
@@ -288,7 +292,9 @@ def arguments_json(arguments: Any, where: str) -> str:
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError as err:
-            raise RowProblem(where, "bad_function_call", f"tool-call arguments are not valid JSON ({err.msg})") from None
+            raise RowProblem(
+                where, "bad_function_call", f"tool-call arguments are not valid JSON ({err.msg})"
+            ) from None
     return json.dumps(arguments, ensure_ascii=False)
 
 
@@ -311,7 +317,9 @@ def check_conversation(messages: list[dict]) -> None:
         raise RowProblem("messages", "empty_conversation", "the conversation has no turns")
     first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
     if first is None or messages[first]["role"] != "user":
-        raise RowProblem(f"messages[{first or 0}]", "not_starting_with_user", "the first non-system turn must be a user turn")
+        raise RowProblem(
+            f"messages[{first or 0}]", "not_starting_with_user", "the first non-system turn must be a user turn"
+        )
     if messages[-1]["role"] != "assistant":
         raise RowProblem(
             f"messages[{len(messages) - 1}]",
@@ -370,7 +378,9 @@ def normalize(
     if problems and on_bad_row == "error":
         raise DataError(describe_problems(problems))
     if problems:
-        mapped = mapped.filter(lambda reasons: [r is None for r in reasons], input_columns="_reason", batched=True, keep_in_memory=True)
+        mapped = mapped.filter(
+            lambda reasons: [r is None for r in reasons], input_columns="_reason", batched=True, keep_in_memory=True
+        )
     counts = dict(Counter(f"bad_row/{p.reason}" for p in problems))
     return mapped.remove_columns(list(PROBLEM_COLUMNS)), fmt, counts
 

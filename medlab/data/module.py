@@ -21,7 +21,15 @@ import datasets
 from medlab.data import cache
 from medlab.data.collate import collate_padded, collate_padding_free
 from medlab.data.errors import DataError
-from medlab.data.formats import CHAT_FORMATS, FORMATS, detect_format, field_mapping_problems, format_problems, mapped_columns, normalize
+from medlab.data.formats import (
+    CHAT_FORMATS,
+    FORMATS,
+    detect_format,
+    field_mapping_problems,
+    format_problems,
+    mapped_columns,
+    normalize,
+)
 from medlab.data.packing import pack_blocks
 from medlab.data.readers import FILE_TYPES, as_path_list, check_exists, peek_records, read_file
 from medlab.data.templates import TEMPLATE_NAMES, get_template
@@ -143,7 +151,9 @@ class CausalLMData:
         columns = mapped_columns(columns, self.fields)
         fmt = detect_format(columns) if self.format == "auto" else self.format
         if fmt is None:
-            return problems + [f"{path}: cannot detect the format from columns {columns}; set data.format and/or data.fields"]
+            return problems + [
+                f"{path}: cannot detect the format from columns {columns}; set data.format and/or data.fields"
+            ]
         if fmt not in FORMATS:
             return problems
         problems += [f"{path}: {p}" for p in format_problems(fmt, columns)]
@@ -181,6 +191,8 @@ class CausalLMData:
         else:
             val_rows = None
         template = get_template(self.template, tokenizer) if self.mode == "sft" else None
+        if template is not None:
+            _warn_if_end_of_turn_is_split(template, tokenizer)
         train = self._tokenized(train_rows, "train", tokenizer, template, counts)
         val = self._tokenized(val_rows, "val", tokenizer, template, counts) if val_rows is not None else None
         return train, val, counts
@@ -195,7 +207,12 @@ class CausalLMData:
                 raw = raw.select(range(min(remaining, len(raw))))
                 remaining -= len(raw)
             rows, fmt, dropped = normalize(
-                raw, self.format, fields=self.fields, file=str(path), on_bad_row=self.on_bad_row, system_prompt=self.system_prompt
+                raw,
+                self.format,
+                fields=self.fields,
+                file=str(path),
+                on_bad_row=self.on_bad_row,
+                system_prompt=self.system_prompt,
             )
             if not _mode_accepts(self.mode, fmt):
                 raise DataError(f"{path}: {_mode_mismatch(self.mode, fmt)}")
@@ -208,7 +225,9 @@ class CausalLMData:
             raise DataError(f"no {split} rows left after dropping bad rows: {_split_counts(counts, split)}")
         return rows
 
-    def _tokenized(self, rows: datasets.Dataset, split: str, tokenizer: Any, template, counts: dict[str, int]) -> datasets.Dataset:
+    def _tokenized(
+        self, rows: datasets.Dataset, split: str, tokenizer: Any, template, counts: dict[str, int]
+    ) -> datasets.Dataset:
         tokenized, dropped = tokenize_dataset(
             rows, tokenizer, mode=self.mode, template=template, max_length=self.max_length, truncation=self.truncation
         )
@@ -231,7 +250,19 @@ class CausalLMData:
                 "val": cache.file_fingerprint(self.val_paths),
                 "args": {
                     name: getattr(self, name)
-                    for name in ("val_split", "format", "fields", "mode", "template", "system_prompt", "max_length", "truncation", "on_bad_row", "limit", "seed")
+                    for name in (
+                        "val_split",
+                        "format",
+                        "fields",
+                        "mode",
+                        "template",
+                        "system_prompt",
+                        "max_length",
+                        "truncation",
+                        "on_bad_row",
+                        "limit",
+                        "seed",
+                    )
                 },
                 "tokenizer": cache.tokenizer_fingerprint(tokenizer),
                 "template": template_source,
@@ -262,8 +293,21 @@ def _mode_accepts(mode: str, fmt: str) -> bool:
 
 def _mode_mismatch(mode: str, fmt: str) -> str:
     if mode == "sft":
-        return f"mode 'sft' needs chat rows (alpaca, sharegpt, openai, toolcall), but the format is {fmt!r}; use mode 'cpt' for plain text"
+        return (
+            f"mode 'sft' needs chat rows (alpaca, sharegpt, openai, toolcall), but the format is {fmt!r}; "
+            "use mode 'cpt' for plain text"
+        )
     return f"mode 'cpt' needs text rows, but the format is {fmt!r}; use mode 'sft' for chat data"
+
+
+def _warn_if_end_of_turn_is_split(template, tokenizer: Any) -> None:
+    if len(tokenizer.encode(template.end_of_turn, add_special_tokens=False)) != 1:
+        log.warning(
+            "data: template %r ends answers with %r, which this tokenizer splits into several tokens: the model "
+            "will not learn a single stop token (pick the template that matches the model, or `tokenizer`)",
+            template.name,
+            template.end_of_turn,
+        )
 
 
 def _hold_out(rows: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:

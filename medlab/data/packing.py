@@ -38,7 +38,11 @@ def pack_blocks(dataset: datasets.Dataset, block_size: int) -> tuple[datasets.Da
             for name, values in (("input_ids", input_ids), ("labels", labels), ("position_ids", position_ids))
         }
     )
-    counts = {"documents": int(len(lengths)), "blocks": n_blocks, "partial_block_tokens_dropped": int(len(tokens) - len(input_ids))}
+    counts = {
+        "documents": int(len(lengths)),
+        "blocks": n_blocks,
+        "partial_block_tokens_dropped": int(len(tokens) - len(input_ids)),
+    }
     return datasets.Dataset(table), counts
 
 

@@ -82,11 +82,15 @@ def _tokenizer_template(tokenizer: Any) -> ChatTemplate:
             messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    source = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+    source = (
+        tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+    )
     return ChatTemplate("tokenizer", tokenizer.eos_token, source, render_fn)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False
+) -> str:
     # Same behaviour as transformers' chat-template `tojson`: no HTML escaping, non-ASCII kept.
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -128,7 +132,9 @@ def to_hf_tools(tools: str | None) -> list[dict] | None:
         return None
     parsed = json.loads(tools) if isinstance(tools, str) else tools
     parsed = parsed if isinstance(parsed, list) else [parsed]
-    return [t if isinstance(t, dict) and "function" in t else {"type": "function", "function": t} for t in parsed] or None
+    return [
+        t if isinstance(t, dict) and "function" in t else {"type": "function", "function": t} for t in parsed
+    ] or None
 
 
 def _loads_or_raw(text: Any) -> Any:

@@ -40,7 +40,9 @@ TOKENIZED_FEATURES = datasets.Features(
 )
 
 
-def assistant_spans(template: ChatTemplate, messages: Sequence[dict], tools: str | None = None) -> tuple[str, list[tuple[int, int, bool]]]:
+def assistant_spans(
+    template: ChatTemplate, messages: Sequence[dict], tools: str | None = None
+) -> tuple[str, list[tuple[int, int, bool]]]:
     """Render a conversation; return (text, [(start, end, has_end_of_turn)] character spans of assistant turns).
 
     Raises `DataError` if the template is not prefix-stable (a rendered prefix is not a prefix of the
@@ -95,7 +97,9 @@ def _close_span(ids: list[int], labels: list[int], span: tuple[int, int, bool], 
         labels.append(eos_id)
 
 
-def tokenize_conversation(messages: Sequence[dict], tools: str | None, *, template: ChatTemplate, tokenizer: Any) -> tuple[list[int], list[int]]:
+def tokenize_conversation(
+    messages: Sequence[dict], tools: str | None, *, template: ChatTemplate, tokenizer: Any
+) -> tuple[list[int], list[int]]:
     """One conversation -> (input_ids, labels) with assistant-only labels (no length policy applied)."""
     text, spans = assistant_spans(template, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -117,7 +121,9 @@ def require_eos_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id
 
 
-def fit_length(input_ids: list[int], labels: list[int], max_length: int, truncation: str, eos_id: int) -> tuple[list[int], list[int], str]:
+def fit_length(
+    input_ids: list[int], labels: list[int], max_length: int, truncation: str, eos_id: int
+) -> tuple[list[int], list[int], str]:
     """Apply the length policy; returns (ids, labels, status) with status `kept`, `truncated` or `dropped/<reason>`."""
     status = "kept"
     if len(input_ids) > max_length:
@@ -131,11 +137,34 @@ def fit_length(input_ids: list[int], labels: list[int], max_length: int, truncat
     return input_ids, labels, status
 
 
-def _sft_batch(batch: dict[str, list], *, template: ChatTemplate, tokenizer: Any, max_length: int, truncation: str, eot_id: int, eos_id: int) -> dict:
-    rendered = [assistant_spans(template, messages, tools) for messages, tools in zip(batch["messages"], batch["tools"])]
+def _spans_of_row(template: ChatTemplate, messages: list[dict], tools: str | None, row: int):
+    try:
+        return assistant_spans(template, messages, tools)
+    except DataError as err:
+        raise DataError(f"row {row}: {err}") from None
+    except Exception as err:  # a tokenizer template may raise anything (jinja errors, raise_exception)
+        raise DataError(f"row {row}: chat template {template.name!r} failed to render: {err}") from err
+
+
+def _sft_batch(
+    batch: dict[str, list],
+    *,
+    template: ChatTemplate,
+    tokenizer: Any,
+    max_length: int,
+    truncation: str,
+    eot_id: int,
+    eos_id: int,
+) -> dict:
+    rendered = [
+        _spans_of_row(template, messages, tools, row)
+        for messages, tools, row in zip(batch["messages"], batch["tools"], batch["row"])
+    ]
     encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
     out: dict[str, list] = {"input_ids": [], "labels": [], "_status": []}
-    for (_, spans), row, token_ids, offsets in zip(rendered, batch["row"], encoded["input_ids"], encoded["offset_mapping"]):
+    for (_, spans), row, token_ids, offsets in zip(
+        rendered, batch["row"], encoded["input_ids"], encoded["offset_mapping"]
+    ):
         ids, labels = mask_labels(token_ids, offsets, spans, eos_id)
         if all(label != IGNORE_INDEX for label in labels):
             raise DataError(
@@ -171,14 +200,17 @@ def tokenize_dataset(
     _check_tokenize_args(dataset, tokenizer, mode, template, truncation)
     eos_id = require_eos_id(tokenizer)
     if mode == "sft":
-        function, kwargs = _sft_batch, {
-            "template": template,
-            "tokenizer": tokenizer,
-            "max_length": max_length,
-            "truncation": truncation,
-            "eot_id": end_of_turn_id(template, tokenizer),
-            "eos_id": eos_id,
-        }
+        function, kwargs = (
+            _sft_batch,
+            {
+                "template": template,
+                "tokenizer": tokenizer,
+                "max_length": max_length,
+                "truncation": truncation,
+                "eot_id": end_of_turn_id(template, tokenizer),
+                "eos_id": eos_id,
+            },
+        )
     else:
         function, kwargs = _cpt_batch, {"tokenizer": tokenizer, "eos_id": eos_id}
     tokenized = dataset.map(
@@ -195,12 +227,17 @@ def tokenize_dataset(
     counts = {status: n for status, n in statuses.items() if status != "kept"}
     if any(status.startswith("dropped/") for status in statuses):
         tokenized = tokenized.filter(
-            lambda batch: [not s.startswith("dropped/") for s in batch], input_columns="_status", batched=True, keep_in_memory=True
+            lambda batch: [not s.startswith("dropped/") for s in batch],
+            input_columns="_status",
+            batched=True,
+            keep_in_memory=True,
         )
     return tokenized.remove_columns("_status"), counts
 
 
-def _check_tokenize_args(dataset: datasets.Dataset, tokenizer: Any, mode: str, template: ChatTemplate | None, truncation: str) -> None:
+def _check_tokenize_args(
+    dataset: datasets.Dataset, tokenizer: Any, mode: str, template: ChatTemplate | None, truncation: str
+) -> None:
     if mode not in MODES:
         raise DataError(f"mode must be one of {MODES}, got {mode!r}")
     if truncation not in TRUNCATION_POLICIES:
@@ -208,7 +245,10 @@ def _check_tokenize_args(dataset: datasets.Dataset, tokenizer: Any, mode: str, t
     if not getattr(tokenizer, "is_fast", False):
         raise DataError("label masking needs a fast tokenizer (character offsets); got a slow one")
     if mode == "sft" and "messages" not in dataset.column_names:
-        raise DataError("mode 'sft' needs chat rows (alpaca, sharegpt, openai or toolcall data), got text rows; use mode 'cpt' for plain text")
+        raise DataError(
+            "mode 'sft' needs chat rows (alpaca, sharegpt, openai or toolcall data), got text rows; "
+            "use mode 'cpt' for plain text"
+        )
     if mode == "sft" and template is None:
         raise DataError("mode 'sft' needs a chat template")
     if mode == "cpt" and "text" not in dataset.column_names:

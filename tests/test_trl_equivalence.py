@@ -1,0 +1,180 @@
+"""medlab's SFT loss equals TRL SFTTrainer's (and transformers') on the same tiny model and batch.
+
+The model and tokenizer are built exactly as a run builds them (``medlab.compose`` + the model config's
+``_target_``), the rows are tokenized and collated by medlab's own data pipeline, and medlab's loss is
+``CausalLM.training_step``. TRL gets the same token sequences pre-tokenized (it skips its own tokenization
+when the dataset has ``input_ids``) with a ``completion_mask`` column derived from medlab's labels:
+with ``completion_only_loss=True`` TRL 1.16 turns that mask into its ``labels`` column during dataset
+preparation (``SFTTrainer._prepare_dataset.build_labels``: token if mask else -100), so both sides train
+on the same assistant tokens. TRL's ``assistant_only_loss`` is not usable here: it requires a
+conversational (``messages``) dataset and re-renders the chat template itself.
+
+Everything is fp32 on CPU; losses agree to 1e-6.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+
+from medlab import losses  # noqa: E402
+from medlab.objectives.causal_lm import CausalLM  # noqa: E402
+
+N_ROWS = 6
+ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(model, tokenizer, data module, first N_ROWS tokenized examples) — built the way a run builds them."""
+    from hydra.utils import instantiate
+
+    import medlab
+
+    tmp = tmp_path_factory.mktemp("trl_eq")
+    cfg = medlab.compose(None, ["data.limit=16"], run_dir=str(tmp / "run"))
+    model, tokenizer = instantiate(cfg.model)()
+    # The tiny model's random init (std 0.02) predicts an almost uniform distribution, so the loss is ~ln(V)
+    # whichever tokens are masked. Spread the weights so a wrong mask or shift changes the loss visibly.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    model.train()  # dropout is 0 in the tiny config; train mode is what both trainers use
+    data = instantiate(cfg.data)
+    data.setup(tokenizer)
+    examples = [data.train_dataset[i] for i in range(N_ROWS)]
+    lengths = {len(e["input_ids"]) for e in examples}
+    assert len(lengths) > 1, "want rows of different lengths so padding matters"
+    for e in examples:  # medlab's labels are input_ids with non-assistant tokens set to -100
+        assert all(label in (-100, tok) for label, tok in zip(e["labels"], e["input_ids"]))
+        assert 0 < sum(label != -100 for label in e["labels"]) < len(e["labels"])
+    return model, tokenizer, data, examples
+
+
+def _collate(data, examples, packing: bool) -> dict:
+    old = data.packing
+    data.packing = packing
+    try:
+        return data.collate(examples)
+    finally:
+        data.packing = old
+
+
+def _medlab_loss(model, batch) -> torch.Tensor:
+    return CausalLM(model).training_step(batch, 0)["loss"]
+
+
+def _trl_trainer(model, tokenizer, examples, tmp_path, *, padding_free: bool):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = {
+        "input_ids": [list(e["input_ids"]) for e in examples],
+        "completion_mask": [[int(label != -100) for label in e["labels"]] for e in examples],
+    }
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"), report_to=[], per_device_train_batch_size=len(examples),
+        completion_only_loss=True,
+        # TRL refuses padding_free without packing when max_length is set (it would not be enforced); the rows
+        # are already truncated by medlab, so no truncation is needed on either path.
+        max_length=None if padding_free else 4096,
+        padding_free=padding_free, use_cpu=True, bf16=False, fp16=False, shuffle_dataset=False,
+        dataset_num_proc=None, seed=0,
+    )
+    # SFTTrainer patches the model's forward (fused LM head) and edits its config: give it its own copy.
+    trainer = SFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_dict(rows),
+                         processing_class=tokenizer)
+    assert len(trainer.train_dataset) == len(examples)  # nothing dropped or reordered by TRL's preparation
+    trainer.model.train()
+    return trainer
+
+
+def _trl_batch(trainer, n: int, start: int = 0) -> dict:
+    return trainer.data_collator([trainer.train_dataset[i] for i in range(start, start + n)])
+
+
+def test_padded_loss_equals_trl(setup, tmp_path):
+    model, tokenizer, data, examples = setup
+    batch = _collate(data, examples, packing=False)
+    ours = _medlab_loss(model, batch)
+
+    trainer = _trl_trainer(model, tokenizer, examples, tmp_path, padding_free=False)
+    trl_batch = _trl_batch(trainer, len(examples))
+    # Same tokens and the same loss positions: TRL pads with the tokenizer's pad id and -100, as medlab does.
+    assert torch.equal(trl_batch["input_ids"], batch["input_ids"])
+    assert torch.equal(trl_batch["labels"], batch["labels"])
+    assert torch.equal(trl_batch["attention_mask"], batch["attention_mask"])
+    # num_items_in_batch=None: TRL divides by this batch's label tokens (label_mask.sum()), the same
+    # token-level mean medlab computes per micro-batch.
+    theirs = trainer.compute_loss(trainer.model, trl_batch)
+    assert ours.item() == pytest.approx(theirs.item(), abs=ATOL), (ours.item(), theirs.item())
+
+    # Sensitivity: a wrong mask (loss on every token) or an off-by-one shift would miss ATOL by orders of magnitude.
+    logits = CausalLM(model)(batch)
+    unmasked = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    shifted = torch.roll(batch["labels"], 1, dims=1)
+    for wrong in (unmasked, shifted):
+        assert abs(losses.causal_lm_loss(logits, wrong).item() - ours.item()) > 1e-3
+
+
+def test_padding_free_loss_equals_trl_padding_free(setup, tmp_path):
+    """medlab's packed (padding-free) batch vs TRL ``padding_free=True``.
+
+    TRL documents padding-free as FlashAttention-only, but its collator only emits ``position_ids`` (no
+    attention_mask) plus varlen kwargs that SDPA ignores; transformers then derives the per-document
+    block-diagonal mask from ``position_ids`` for SDPA too, so it runs (and is correct) on CPU.
+    """
+    model, tokenizer, data, examples = setup
+    packed = _collate(data, examples, packing=True)
+    padded = _collate(data, examples, packing=False)
+    ours = _medlab_loss(model, packed)
+    # padding-free equals padded: same token-level mean, no attention across rows
+    assert ours.item() == pytest.approx(_medlab_loss(model, padded).item(), abs=ATOL)
+
+    trainer = _trl_trainer(model, tokenizer, examples, tmp_path, padding_free=True)
+    trl_batch = _trl_batch(trainer, len(examples))
+    assert "attention_mask" not in trl_batch
+    for key in ("input_ids", "labels", "position_ids"):  # identical flattening and first-token masking
+        assert torch.equal(trl_batch[key], packed[key]), key
+    theirs = trainer.compute_loss(trainer.model, trl_batch)
+    assert ours.item() == pytest.approx(theirs.item(), abs=ATOL), (ours.item(), theirs.item())
+
+
+def test_accumulated_window_equals_trl_num_items_in_batch(setup, tmp_path):
+    """Gradient accumulation: TRL/Trainer divide every micro-batch's summed NLL by ``num_items_in_batch`` (the
+    label tokens of the whole accumulation window, counted over ``labels[..., 1:]``); medlab scales each
+    micro-batch mean by ``w_i / W`` with ``w_i = num_label_tokens``. Both are the window's token-level mean."""
+    model, tokenizer, data, examples = setup
+    halves = [examples[:3], examples[3:]]
+    ours_batches = [_collate(data, h, packing=False) for h in halves]
+    weights = [b["num_label_tokens"] for b in ours_batches]
+    module = CausalLM(model)
+    ours = sum(module.training_step(b, 0)["loss"] * w for b, w in zip(ours_batches, weights)) / sum(weights)
+    whole = _medlab_loss(model, _collate(data, examples, packing=False))
+    assert ours.item() == pytest.approx(whole.item(), abs=ATOL)
+
+    trainer = _trl_trainer(model, tokenizer, examples, tmp_path, padding_free=False)
+    trl_batches = [_trl_batch(trainer, 3, 0), _trl_batch(trainer, 3, 3)]
+    n_items = trainer._get_num_items_in_batch(trl_batches, torch.device("cpu"))
+    if n_items is None:  # the model does not accept loss kwargs: count as Trainer would
+        n_items = sum(int((b["labels"][..., 1:] != -100).sum()) for b in trl_batches)
+    assert int(n_items) == sum(weights)
+    theirs = sum(trainer.compute_loss(trainer.model, b, num_items_in_batch=n_items) for b in trl_batches)
+    assert ours.item() == pytest.approx(theirs.item(), abs=ATOL), (ours.item(), theirs.item())
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "padding_free"])
+def test_causal_lm_loss_equals_transformers(setup, packing):
+    model, _, data, examples = setup
+    batch = _collate(data, examples, packing=packing)
+    kwargs = {"position_ids": batch["position_ids"]} if packing else {"attention_mask": batch["attention_mask"]}
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False, **kwargs)
+    ours = losses.causal_lm_loss(out.logits, batch["labels"])
+    assert ours.item() == pytest.approx(out.loss.item(), abs=ATOL), (ours.item(), out.loss.item())
+    assert ours.item() == pytest.approx(_medlab_loss(model, batch).item(), abs=ATOL)
