@@ -47,7 +47,6 @@ def loop_config(t: DictConfig) -> LoopConfig:
         keep_last_k=t.keep_last_k, save_final_checkpoint=t.save_final_checkpoint, monitor=t.monitor,
         monitor_mode=t.monitor_mode, patience=es.get("patience"), min_delta=es.get("min_delta", 0.0),
         on_nonfinite=t.on_nonfinite, progress_bar=t.progress_bar, seed=t.seed, shuffle=t.get("shuffle", True),
-        num_workers=t.get("num_workers", 0),
     )
 
 
@@ -146,7 +145,9 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
     log.info("data: %s", data_counts)
     module = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
 
-    loop = Loop(fabric, loop_config(cfg.trainer), run_dir)
+    lcfg = loop_config(cfg.trainer)
+    lcfg.num_workers = getattr(data, "num_workers", 0)
+    loop = Loop(fabric, lcfg, run_dir)
     result = loop.fit(module, data.train_dataset, data.collate, batch_size=data.batch_size,
                       val_data=data.val_dataset, val_batch_size=data.val_batch_size, resume=resume)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = []
-        if overrides_file.exists():
-            overrides = [ln[2:].strip() for ln in overrides_file.read_text().splitlines() if ln.startswith("- ")]
+        if overrides_file.exists():  # a YAML list; values with ': ' or quotes are YAML-quoted, so parse it
+            overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file), resolve=False)]
         row: dict[str, Any] = {"job": int(job_dir.name), "overrides": " ".join(overrides)}
         metrics_file = job_dir / "metrics.json"
         if metrics_file.exists():

@@ -42,9 +42,10 @@ def test_default_run_writes_the_run_dir(tmp_path):
     assert torch.isfinite(out.logits).all()
 
 
-@pytest.mark.parametrize("experiment", ["sft", "cpt", "sft_toolcall"])
-def test_loss_decreases(tmp_path, experiment):
-    result = _run(tmp_path, experiment, ["trainer.max_steps=30", "data.limit=null", "objective.warmup_ratio=0"])
+@pytest.mark.parametrize("experiment,extra", [("sft", []), ("sft", ["data.packing=true"]), ("cpt", []),
+                                              ("sft_toolcall", ["data.limit=96"])])
+def test_loss_decreases(tmp_path, experiment, extra):
+    result = _run(tmp_path, experiment, ["trainer.max_steps=30", "data.limit=null", "objective.warmup_ratio=0", *extra])
     losses = _losses(result)
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
