@@ -57,19 +57,24 @@ def tiny_config(arch: dict, tokenizer) -> Any:
     )
 
 
-def _tiny_key(arch: dict, tokenizer_dir: str, init_seed: int) -> str:
-    tok_files = sorted(Path(tokenizer_dir).glob("*.json"))
-    h = hashlib.sha256(json.dumps({"arch": _plain(arch), "seed": init_seed}, sort_keys=True).encode())
-    for f in tok_files:
+def _tiny_key(arch: dict, tokenizer_dir: str, init_seed: int, pretrain_steps: int) -> str:
+    from medlab.models.warmstart import CORPUS
+
+    h = hashlib.sha256(json.dumps({"arch": _plain(arch), "seed": init_seed, "pretrain_steps": pretrain_steps},
+                                  sort_keys=True).encode())
+    for f in sorted(Path(tokenizer_dir).glob("*.json")) + ([CORPUS] if pretrain_steps else []):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str) -> Path:
-    """Build (once) and return the directory of a deterministic random-init tiny model."""
+def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str, pretrain_steps: int = 0) -> Path:
+    """Build (once) and return the directory of a deterministic tiny model.
+
+    ``pretrain_steps > 0`` warm-starts it on the sample corpus (see ``medlab.models.warmstart``).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = Path(cache_dir).expanduser() / "tiny" / _tiny_key(arch, tokenizer, init_seed)
+    target = Path(cache_dir).expanduser() / "tiny" / _tiny_key(arch, tokenizer, init_seed, pretrain_steps)
     if (target / "config.json").exists():
         return target
     tok = AutoTokenizer.from_pretrained(tokenizer)
@@ -77,6 +82,10 @@ def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = AutoModelForCausalLM.from_config(config)
+        if pretrain_steps:
+            from medlab.models.warmstart import warm_start
+
+            warm_start(model, tok, steps=pretrain_steps, seed=init_seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     model.save_pretrained(tmp)
@@ -90,12 +99,12 @@ def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str
 
 def resolve_model_dir(
     *, source: str, path: str | None = None, arch: dict | None = None, tokenizer: str | None = None,
-    init_seed: int = 0, cache_dir: str | None = None, **_: Any,
+    init_seed: int = 0, cache_dir: str | None = None, pretrain_steps: int = 0, **_: Any,
 ) -> Path:
     """The local HF directory the backbone loads from (building/converting it if needed)."""
     cache_dir = cache_dir or os.path.expanduser("~/.cache/medlab")
     if source == "tiny":
-        return ensure_tiny_model(arch, tokenizer, init_seed, cache_dir)
+        return ensure_tiny_model(arch, tokenizer, init_seed, cache_dir, pretrain_steps)
     if source == "smollm2":
         from medlab.models.convert import ensure_smollm2
 
@@ -115,14 +124,13 @@ def load_causal_lm(
     *, source: str, path: str | None = None, arch: dict | None = None, tokenizer: str | None = None,
     dtype: str = "float32", init_seed: int = 0, cache_dir: str | None = None,
     trust_remote_code: bool = False, attn_implementation: str | None = "sdpa",
-    max_length: int | None = None, quantization_config=None, name: str | None = None,
+    max_length: int | None = None, quantization_config=None, name: str | None = None, pretrain_steps: int = 0,
 ):
     """Return ``(model, tokenizer)``. ``quantization_config`` (from the adapter) turns on 4-bit loading."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = resolve_model_dir(
-        source=source, path=path, arch=arch, tokenizer=tokenizer, init_seed=init_seed, cache_dir=cache_dir
-    )
+    model_dir = resolve_model_dir(source=source, path=path, arch=arch, tokenizer=tokenizer, init_seed=init_seed,
+                                  cache_dir=cache_dir, pretrain_steps=pretrain_steps)
     tok = AutoTokenizer.from_pretrained(tokenizer or model_dir, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         # Never reuse EOS as pad silently: padded labels are masked by position, not by id, so this is
