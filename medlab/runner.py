@@ -159,7 +159,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
     state = result.state
     metrics: dict[str, Any] = {
         "status": result.status, "global_step": state.global_step, "epoch": state.epoch,
-        "tokens_seen": state.tokens_seen * fabric.world_size, "skipped_steps": state.skipped_steps,
+        "tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
         "train_seconds": round(result.seconds, 3), "total_seconds": round(time.perf_counter() - t0, 3),
         "trainable_params": trainable, "total_params": total,
         **{f"data/{k}": v for k, v in data_counts.items() if isinstance(v, (int, float))},

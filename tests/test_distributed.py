@@ -179,6 +179,7 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tmp_path
     assert ddp_j["status"] == single_j["status"] == "completed"
     assert ddp_j["global_step"] == single_j["global_step"] == 6
     assert ddp_j["val/loss"] == pytest.approx(single_j["val/loss"], abs=1e-5)
+    assert ddp_j["tokens_seen"] == single_j["tokens_seen"]  # a global count, summed over ranks
 
 
 # ---------------------------------------------------------------------------------------------- failure injection

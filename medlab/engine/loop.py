@@ -101,6 +101,7 @@ class Loop:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.state = LoopState()
         self.history: list[dict] = []  # every logged row, for notebooks and tests
+        self._unsynced_tokens = 0  # this rank's tokens since the last cross-rank reduction
         self._stop_signal = False
 
     # ------------------------------------------------------------------ hooks
@@ -187,9 +188,12 @@ class Loop:
             rank=fabric.global_rank, world_size=fabric.world_size)
         self.val_sampler = None
         if val_data is not None and len(val_data) > 0:
+            # Sharded strategies need every rank to run the same number of forwards, so they pad by
+            # wrapping around (a few rows count twice); otherwise ranks take uneven shards, counted once.
+            sharded = any(k in type(fabric.strategy).__name__.lower() for k in ("fsdp", "deepspeed"))
             self.val_sampler = ResumableBatchSampler(
                 len(val_data), val_batch_size or batch_size, shuffle=False,
-                rank=fabric.global_rank, world_size=fabric.world_size)
+                rank=fabric.global_rank, world_size=fabric.world_size, pad=sharded)
         self.total_steps = self._total_steps()
         module.estimated_stepping_batches = self.total_steps
         self._hook("on_fit_start")
@@ -297,22 +301,25 @@ class Loop:
         if self.scheduler is not None:
             self.scheduler.step()  # per optimizer step, skipped or not, so the schedule length is fixed
         self.state.global_step += 1
-        self.state.tokens_seen += tokens
+        self._unsynced_tokens += tokens
         return loss_sum, sum(weights), tokens, samples
 
     # ------------------------------------------------------------------ logging
     def _log_train(self, loss_sum: torch.Tensor, weight: int, throughput: Throughput) -> dict:
         fabric = self.fabric
-        packed = torch.stack([loss_sum.float(), torch.tensor(float(weight), device=fabric.device)])
+        packed = torch.stack([loss_sum.float(), torch.tensor(float(weight), device=fabric.device),
+                              torch.tensor(float(self._unsynced_tokens), device=fabric.device)])
         if fabric.world_size > 1:
             packed = fabric.all_reduce(packed, reduce_op="sum")
-        loss_total, w_total = packed.tolist()
+        loss_total, w_total, tokens = packed.tolist()
+        self.state.tokens_seen += int(tokens)  # a global count (all ranks)
+        self._unsynced_tokens = 0
         metrics = {
             "train/loss": loss_total / w_total if w_total > 0 else float("nan"),
             "train/lr": getattr(self, "_last_lr", self.optimizer.param_groups[0]["lr"]),
             "train/epoch": float(self.state.epoch),
             "train/skipped_steps": float(self.state.skipped_steps),
-            "train/tokens_seen": float(self.state.tokens_seen * fabric.world_size),
+            "train/tokens_seen": float(self.state.tokens_seen),
         }
         if hasattr(self, "_last_grad_norm"):
             metrics["train/grad_norm"] = float(self._last_grad_norm)
@@ -343,7 +350,10 @@ class Loop:
                 sums[k] = sums.get(k, torch.zeros((), device=fabric.device)) + v.detach().float() * w
             weight += w
         keys = sorted(sums)
-        packed = torch.stack([sums[k] for k in keys] + [weight])
+        if fabric.world_size > 1:  # a rank with an empty (uneven) shard learns the keys from rank 0
+            keys = fabric.broadcast(keys, src=0)
+        zero = torch.zeros((), device=fabric.device)
+        packed = torch.stack([sums.get(k, zero) for k in keys] + [weight])
         if fabric.world_size > 1:
             packed = fabric.all_reduce(packed, reduce_op="sum")
         values = packed.tolist()
@@ -377,8 +387,16 @@ class Loop:
         return bool(cfg.patience) and self.state.evals_without_improvement >= cfg.patience
 
     # ------------------------------------------------------------------ checkpoints
+    def _sync_tokens(self) -> None:
+        tokens = torch.tensor(float(self._unsynced_tokens), device=self.fabric.device)
+        if self.fabric.world_size > 1:
+            tokens = self.fabric.all_reduce(tokens, reduce_op="sum")
+        self.state.tokens_seen += int(tokens.item())
+        self._unsynced_tokens = 0
+
     def save(self) -> Path:
         fabric = self.fabric
+        self._sync_tokens()  # the checkpoint holds the exact global count
         path = ckpt.save_checkpoint(
             self.ckpt_root, self.state.global_step, model=self.module, optimizer=self.optimizer,
             scheduler=self.scheduler, loop_state=asdict(self.state), rank=fabric.global_rank,
