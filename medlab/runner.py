@@ -81,16 +81,14 @@ def _write_configs(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def _scrub_hydra_files(run_dir: Path) -> None:
-    """Hydra wrote the raw config before we could reject a secret in it: redact those files."""
-    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
-        f = run_dir / ".hydra" / name
-        if f.exists():
-            data = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-            if isinstance(data, list):  # overrides: key=value strings
-                from medlab.config.validate import SECRET_KEY
+    """Hydra wrote the raw config (and the override strings) before we could reject a secret: redact them."""
+    import re
 
-                data = [f"{o.split('=')[0]}=***" if SECRET_KEY.search(o.split("=")[0]) else o for o in data]
-            f.write_text(OmegaConf.to_yaml(redact(data)))
+    assignment = re.compile(r"([\w.+~/-]*(?:api_?key|token|secret|password|passwd))=([^\s,'\"\]]+)", re.IGNORECASE)
+    for f in (run_dir / ".hydra").glob("*.yaml"):
+        data = redact(OmegaConf.to_container(OmegaConf.load(f), resolve=False))
+        text = assignment.sub(r"\1=***", OmegaConf.to_yaml(data))
+        f.write_text(text)
 
 
 def _resolve_run_dir(cfg: DictConfig) -> Path:

@@ -80,3 +80,12 @@ def test_unknown_experiment_names_the_choices(tmp_path):
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
     assert "experiment/does_not_exist" in proc.stderr and "sft_lora" in proc.stderr
+
+
+def test_cli_secret_never_stays_in_the_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "medlab", "+logger.tensorboard.api_key=sk-live-abcdef",
+                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0 and "environment" in proc.stderr
+    dumped = "".join(p.read_text() for p in run_dir.rglob("*") if p.is_file())
+    assert "sk-live-abcdef" not in dumped

@@ -173,3 +173,25 @@ def test_validation_metrics_are_token_weighted_means(tmp_path):
         expected = causal_lm_loss(model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"]).logits,
                                   whole["labels"]).item()
     assert metrics["val/loss"] == pytest.approx(expected, abs=1e-5)
+
+
+class TwoMicroBatchesPerBatch(CausalLM):
+    """An RL-style objective: each loader batch becomes one window of generated micro-batches."""
+
+    def make_experience(self, batch):
+        ids = batch["ids"]
+        half = len(ids) // 2
+        rows = [{k: (v[:half] if i == 0 else v[half:]) for k, v in batch.items() if k in ("input_ids", "labels",
+                                                                                         "attention_mask")}
+                for i in range(2)]
+        for r, part in zip(rows, (ids[:half], ids[half:])):
+            r["ids"], r["num_tokens"] = part, int(r["attention_mask"].sum())
+            r["num_label_tokens"] = int((r["labels"][:, 1:] != -100).sum())
+        return rows
+
+
+def test_make_experience_turns_each_batch_into_one_window(tmp_path):
+    module = TwoMicroBatchesPerBatch(tiny_llama(), lr=1e-3)
+    loop, result = _fit(tmp_path, module, toy_examples(16), batch_size=4, max_steps=3, accumulate_grad_batches=1)
+    assert loop.state.global_step == 3 and loop.state.micro_step == 6 and loop.state.batch_in_epoch == 3
+    assert result.status == "completed"

@@ -97,3 +97,23 @@ def test_lora_export_reloads_and_merge_matches(tmp_path):
             b = adapter(input_ids=ids).logits
     torch.testing.assert_close(m, a, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a, b, atol=1e-4)  # the adapter is not a no-op after training
+
+
+def test_local_hf_model_from_a_previous_export_with_dora(tmp_path):
+    """model=local_hf loads any HF dir (here: a tiny run's export) and adapter=dora trains on it."""
+    first = _run(tmp_path / "a", "sft", ["trainer.max_steps=4"])
+    result = _run(tmp_path / "b", "sft_lora", ["model=local_hf", f"model.path={first.run_dir / 'export'}",
+                                               "adapter=dora", "adapter.r=4", "trainer.max_steps=4"])
+    assert result.metrics["status"] == "completed"
+    import json as _json
+
+    cfg = _json.loads((result.run_dir / "export" / "adapter_config.json").read_text())
+    assert cfg["use_dora"] is True and cfg["base_model_name_or_path"] == str(first.run_dir / "export")
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_on_cpu_trains(tmp_path, precision):
+    result = _run(tmp_path, "sft", [f"strategy.precision={precision}", "trainer.max_steps=20",
+                                    "objective.warmup_ratio=0"])
+    losses = _losses(result)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
