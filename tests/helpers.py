@@ -8,12 +8,15 @@ from lightning.fabric import Fabric
 IGNORE = -100
 
 
-def tiny_llama(vocab: int = 128, hidden: int = 32, layers: int = 2, seed: int = 0, dropout: float = 0.0):
+def tiny_llama(vocab: int = 128, hidden: int = 32, layers: int = 2, seed: int = 0, dropout: float = 0.0,
+               attn_implementation: str = "sdpa", max_positions: int = 2048):
+    """A random-init Llama in fp32, built in code (no files)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      attention_dropout=dropout, pad_token_id=0, eos_token_id=1)
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                      attention_dropout=dropout, pad_token_id=0, eos_token_id=1,
+                      attn_implementation=attn_implementation)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).float()
 

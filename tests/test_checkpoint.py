@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_llama
 from safetensors.torch import load_file
 from torch import nn
 
@@ -82,22 +83,6 @@ def rerecord_sizes(ckpt: Path) -> None:
 
 def draw_randoms() -> tuple:
     return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), torch.rand(3).tolist())
-
-
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=128,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
 
 
 def tiny_lora():

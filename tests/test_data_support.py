@@ -97,19 +97,9 @@ def write_jsonl(path, rows) -> str:
 
 
 def tiny_llama(vocab: int, attn_implementation: str = "sdpa", seed: int = 0):
-    """A random-init 2-layer Llama in fp32 (built in code, no files)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random-init 2-layer Llama in fp32, in eval mode (see tests/helpers.py)."""
+    from helpers import tiny_llama as build
 
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        attn_implementation=attn_implementation,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().eval()
+    return build(vocab=vocab, seed=seed, attn_implementation=attn_implementation).eval()
+
+
