@@ -84,6 +84,13 @@ def _check_strategy(cfg: DictConfig) -> list[str]:
         out.append(f"strategy {name} needs DeepSpeed: pip install deepspeed")
     if precision in ("16-mixed", "16-true") and not cuda:
         out.append(f"strategy.precision={precision} needs a GPU; on CPU use 32-true or bf16-mixed")
+    if name in GPU_ONLY and (_get(cfg, "trainer.ckpt_every_n_steps") or _get(cfg, "trainer.save_final_checkpoint")
+                             or _get(cfg, "export.enabled")):
+        # medlab's checkpoint/export format holds full (replicated) weights; sharded saving through
+        # fabric.save is not wired yet, and saving local shards as if they were whole would corrupt runs.
+        out.append(f"strategy {name}: checkpointing and export of sharded models are not implemented yet; "
+                   "set trainer.ckpt_every_n_steps=null trainer.save_final_checkpoint=false export.enabled=false, "
+                   "or use strategy=ddp")
     if name == "deepspeed_stage_3" and _get(cfg, "adapter.quantize"):
         out.append("QLoRA (adapter.quantize) cannot be combined with DeepSpeed ZeRO-3: use deepspeed_zero2, fsdp or single")
     return out
