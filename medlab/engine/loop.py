@@ -212,9 +212,8 @@ class Loop:
         self._hook("on_train_start")
         try:
             self.fmodule.train()
-            for window in self._windows():
-                if self.state.global_step >= self.total_steps:
-                    break
+            windows = self._windows() if self.state.global_step < self.total_steps else iter(())
+            for window in windows:
                 loss_sum, weight, tokens, samples = self._step(window)
                 log_loss += loss_sum
                 log_weight += weight
@@ -245,9 +244,11 @@ class Loop:
             self._restore_signal_handler()
             progress.close()
 
-        if status != "interrupted" and self.val_sampler is not None and self.state.last_val.get("_step") != self.state.global_step:
+        validated_now = self.state.last_val.get("_step") == self.state.global_step
+        if status != "interrupted" and self.val_sampler is not None and not validated_now:
             self._validate_and_track(None)
-        if status == "interrupted" or (cfg.save_final_checkpoint and (last_ckpt is None or not last_ckpt.name.endswith(f"{self.state.global_step:08d}"))):
+        saved_now = last_ckpt is not None and last_ckpt.name.endswith(f"{self.state.global_step:08d}")
+        if not saved_now and (status == "interrupted" or cfg.save_final_checkpoint):
             last_ckpt = self.save()
         self._hook("on_train_end")
         self._hook("on_fit_end")
