@@ -139,8 +139,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
 
     data = instantiate(cfg.data)
     with fabric.rank_zero_first():  # rank 0 tokenizes and caches; the others read the cache
-        data_counts = data.setup(tokenizer)
-    log.info("data: %s", data_counts)
+        data_counts = data.setup(tokenizer)  # logs kept/dropped counts by reason
     module = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
 
     lcfg = loop_config(cfg.trainer)
