@@ -89,3 +89,28 @@ def test_cli_secret_never_stays_in_the_run_dir(tmp_path):
     assert proc.returncode != 0 and "environment" in proc.stderr
     dumped = "".join(p.read_text() for p in run_dir.rglob("*") if p.is_file())
     assert "sk-live-abcdef" not in dumped
+
+
+def test_bad_rows_fail_with_file_row_and_field_or_are_skipped_and_counted(tmp_path):
+    from medlab.data import DataError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "What is fever?", "output": "A raised body temperature."}\n'
+                   '{"instruction": "What is a cough?"}\n'
+                   '{"instruction": "Define anemia.", "output": "Too few red blood cells."}\n')
+    overrides = ["data=sft_chat", f"data.path={bad}", "trainer.max_steps=2", "trainer.progress_bar=false",
+                 "data.batch_size=2", "export.enabled=false"]
+    with pytest.raises(DataError) as e:
+        medlab.run(medlab.compose(None, overrides, run_dir=str(tmp_path / "a")))
+    assert "bad.jsonl" in str(e.value) and "output" in str(e.value) and "1" in str(e.value)
+    result = medlab.run(medlab.compose(None, overrides + ["data.on_bad_row=skip"], run_dir=str(tmp_path / "b")))
+    assert result.metrics["data/train/kept"] == 2
+    assert sum(v for k, v in result.metrics.items() if k.startswith("data/train/bad_row")) == 1
+
+
+def test_empty_data_file_is_a_config_problem(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = medlab.compose(None, ["data=sft_chat", f"data.path={empty}"], run_dir=str(tmp_path / "r"))
+    problems = collect_problems(cfg)
+    assert any("empty.jsonl" in p and "empty" in p.lower() for p in problems), problems
