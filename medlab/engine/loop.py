@@ -259,10 +259,10 @@ class Loop:
     def _step(self, window: list) -> tuple[torch.Tensor, int, int, int]:
         fabric, module, cfg = self.fabric, self.module, self.cfg
         weights = [int(module.batch_weight(b)) if hasattr(module, "batch_weight") else 1 for b in window]
-        total = sum(weights)
-        if fabric.world_size > 1:
-            total = int(fabric.all_reduce(torch.tensor(float(total), device=fabric.device), reduce_op="sum").item())
-        scale_den = max(total, 1)
+        total = torch.tensor(float(sum(weights)), device=fabric.device)
+        if fabric.world_size > 1:  # stays on the device: no host sync
+            total = fabric.all_reduce(total, reduce_op="sum")
+        scale_den = total.clamp(min=1.0)
         loss_sum = torch.zeros((), device=fabric.device)
         tokens = samples = 0
         for i, (batch, w) in enumerate(zip(window, weights)):
