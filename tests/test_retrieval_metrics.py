@@ -38,7 +38,7 @@ RELEVANCE = torch.tensor([
 
 # NDCG@3, exponential gain 2^r - 1, discount log2(i + 2):
 #   q0: DCG  = 0/1 + (2^3-1)/log2 3 + 0/2                = 7/1.58496          = 4.416508
-#       IDCG = ideal [3, 2, 1]: 7/1 + 3/log2 3 + 1/log2 4 = 7 + 1.892789 + 0.5 = 9.392789 -> 0.470203
+#       IDCG = ideal [3, 2, 1]: 7/1 + 3/log2 3 + 1/log2 4 = 7 + 1.892789 + 0.5 = 9.392789 -> 0.470202
 #   q1: DCG  = 0 + (2^1-1)/log2 3 + 0                    = 0.630930
 #       IDCG = ideal [2, 1, 0]: 3/1 + 1/log2 3           = 3.630930           -> 0.173765
 #   q2: DCG  = IDCG = 1/1                                                      -> 1
@@ -46,14 +46,14 @@ Q0_NDCG3 = (7 / L3) / (7 + 3 / L3 + 0.5)
 Q1_NDCG3 = (1 / L3) / (3 + 1 / L3)
 # Linear gain r:
 #   q0: DCG = 3/log2 3 = 1.892789; IDCG = 3 + 2/log2 3 + 1/2 = 4.761860 -> 0.397490
-#   q1: DCG = 1/log2 3 = 0.630930; IDCG = 2 + 1/log2 3       = 2.630930 -> 0.239814
+#   q1: DCG = 1/log2 3 = 0.630930; IDCG = 2 + 1/log2 3       = 2.630930 -> 0.239812
 Q0_NDCG3_LIN = (3 / L3) / (3 + 2 / L3 + 0.5)
 Q1_NDCG3_LIN = (1 / L3) / (2 + 1 / L3)
 
 
 def test_hand_computed_three_query_example():
     m = retrieval_metrics(SCORES, RELEVANCE, ks=(1, 3))
-    assert Q0_NDCG3 == pytest.approx(0.470203, abs=1e-6) and Q1_NDCG3 == pytest.approx(0.173765, abs=1e-6)
+    assert Q0_NDCG3 == pytest.approx(0.470202, abs=1e-6) and Q1_NDCG3 == pytest.approx(0.173765, abs=1e-6)
     expected = {
         "accuracy@1": 1 / 3,                        # only q2's top document is relevant
         "recall@1": 1 / 3,                          # q0 0/3, q1 0/2, q2 1/1
@@ -72,7 +72,7 @@ def test_hand_computed_three_query_example():
 def test_linear_gain_is_offered_and_differs_on_graded_relevance():
     m = retrieval_metrics(SCORES, RELEVANCE, ks=(3,), gain="linear")
     assert m["ndcg@3"] == pytest.approx((Q0_NDCG3_LIN + Q1_NDCG3_LIN + 1) / 3, abs=1e-12)
-    assert m["ndcg@3"] == pytest.approx(0.545768, abs=1e-6)
+    assert m["ndcg@3"] == pytest.approx(0.545767, abs=1e-6)
     with pytest.raises(ValueError, match="gain"):
         retrieval_metrics(SCORES, RELEVANCE, gain="log")
 
@@ -245,7 +245,7 @@ def test_rerank_metrics_hand_computed():
         # ranked: (0.9, 1, 2), (0.5, 1, 1), (0.2, 0, 0) -> RR 1, acc 1, grades [2, 1, 0] are ideal -> NDCG 1
         "a": [(0.2, 0, 0), (0.9, 1, 2), (0.5, 1, 1)],
         # tie at 0.7 keeps list order: labels [0, 1, 0] -> RR 1/2, acc 0;
-        # grades [1, 3, 0]: DCG = 1/1 + 7/log2 3 = 5.416508; IDCG = [3, 1]: 7 + 1/log2 3 = 7.630930 -> 0.709827
+        # grades [1, 3, 0]: DCG = 1/1 + 7/log2 3 = 5.416508; IDCG = [3, 1]: 7 + 1/log2 3 = 7.630930 -> 0.709810
         "b": [(0.7, 0, 1), (0.7, 1, 3), (0.1, 0, 0)],
         # no positive label (left out of MRR, accuracy); grades [0, 1]: DCG = 1/log2 3, IDCG = 1 -> 0.630930
         "c": [(0.3, 0, 0), (0.1, 0, 1)],
@@ -253,17 +253,17 @@ def test_rerank_metrics_hand_computed():
         "d": [(0.5, 0, 0)],
     }
     ndcg_b = (1 + 7 / L3) / (7 + 1 / L3)
-    assert ndcg_b == pytest.approx(0.709827, abs=1e-6)
+    assert ndcg_b == pytest.approx(0.709810, abs=1e-6)
     m = rerank_metrics(groups)
     assert m == pytest.approx({
         "mrr@10": (1 + 1 / 2) / 2,
         "accuracy@1": (1 + 0) / 2,
-        "ndcg@10": (1 + ndcg_b + 1 / L3) / 3,   # = 0.780252
+        "ndcg@10": (1 + ndcg_b + 1 / L3) / 3,   # = 0.780246
         "num_queries": 4.0,
         "num_queries_no_positive": 2.0,
         "num_queries_no_gain": 1.0,
     }, abs=1e-12)
-    assert m["ndcg@10"] == pytest.approx(0.780252, abs=1e-6)
+    assert m["ndcg@10"] == pytest.approx(0.780246, abs=1e-6)
 
 
 def test_rerank_metrics_k_and_label_as_grade():

@@ -176,14 +176,19 @@ def chunked_topk(queries: torch.Tensor, docs: torch.Tensor, k: int, chunk_size: 
 
 
 def _topk_lowest_index_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # torch.topk picks arbitrarily among values tied with the k-th largest; take every value above
-    # it plus the lowest-index tied ones, so the selection is the deterministic one.
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    above = scores > kth
-    tied = scores == kth
-    wanted = k - above.sum(dim=1, keepdim=True)
-    take = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= wanted))
-    columns = take.nonzero()[:, 1].view(scores.size(0), k)  # row-major: ascending column per row
+    values, columns = scores.topk(k, dim=1)
+    kth = values[:, -1:]
+    at_least_kth = scores >= kth
+    if not bool((at_least_kth.sum(dim=1) == k).all()):
+        # Some row has more values tied with its k-th largest than places left, and torch.topk picks
+        # among them arbitrarily: take every value above the k-th plus the lowest-index tied ones.
+        above = scores > kth
+        tied = at_least_kth & ~above
+        wanted = k - above.sum(dim=1, keepdim=True)
+        take = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= wanted))
+        columns = take.nonzero()[:, 1].view(scores.size(0), k)
+    # Sorting columns ascending first makes the stable score sort put tied scores in index order.
+    columns = columns.sort(dim=1).values
     values = scores.gather(1, columns)
     order = values.argsort(dim=1, descending=True, stable=True)
     return values.gather(1, order), columns.gather(1, order)
