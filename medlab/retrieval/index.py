@@ -152,7 +152,8 @@ class EmbeddingIndex:
         return torch.from_numpy(scores).to(self.device), torch.from_numpy(indices).long().to(self.device)
 
 
-def chunked_topk(queries: torch.Tensor, docs: torch.Tensor, k: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_topk(queries: torch.Tensor, docs: torch.Tensor, k: int,
+                 chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of ``queries @ docs.T`` (fp32) scoring ``chunk_size`` documents at a time.
 
     Equals ``(queries @ docs.float().T)`` sorted by descending score with ties by ascending column,

@@ -153,7 +153,7 @@ def ranked_metrics(
     """Mean of each per-query metric over the queries with at least one relevant document.
 
     Keys: ``recall@k``, ``mrr@k``, ``ndcg@k`` for each k in ``ks``, and ``accuracy@1``; plus
-    ``num_queries`` (queries in the means) and ``num_queries_no_relevant`` (queries left out).
+    ``num_queries`` (all queries) and ``num_queries_no_relevant`` (those left out of the means).
     Raises ValueError when no query has a relevant document.
     """
     ranked, judged = _check_pair(ranked, judged)
@@ -169,7 +169,7 @@ def ranked_metrics(
         out[f"mrr@{k}"] = _mean(mrr_at_k(ranked, judged, k))
         out[f"ndcg@{k}"] = _mean(ndcg_at_k(ranked, judged, k, gain))
     out["accuracy@1"] = _mean(accuracy_at_1(ranked, judged))
-    out["num_queries"] = float(defined.sum())
+    out["num_queries"] = float(judged.size(0))
     out["num_queries_no_relevant"] = float((~defined).sum())
     return out
 
@@ -208,6 +208,7 @@ def rerank_metrics(
     Each metric is averaged over the queries where it is defined: MRR and accuracy over queries with
     a positive label (the others are counted in ``num_queries_no_positive``), NDCG over queries with
     a positive grade (others counted in ``num_queries_no_gain``). ``num_queries`` counts all groups.
+    A metric no group defines is NaN; when no group has a positive label or grade, ValueError.
     """
     lists = list(groups.values()) if isinstance(groups, Mapping) else list(groups)
     if not lists:
