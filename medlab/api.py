@@ -6,7 +6,7 @@ import datetime as _dt
 import secrets
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from medlab import CONF_DIR, ROOT_DIR
 
@@ -37,7 +37,3 @@ def compose(experiment: str | None = None, overrides: list[str] | None = None, r
     with open_dict(cfg):
         cfg.paths.run_dir = str(Path(run_dir).resolve())
     return cfg
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 BASE = ["trainer.progress_bar=false", "trainer.log_every_n_steps=1", "data.limit=64", "export.enabled=false"]
 

@@ -28,7 +28,8 @@ class Progress:
         self.bar.set_postfix(post, refresh=False)
 
     def write(self, msg: str) -> None:
-        self.bar.write(msg) if not self.bar.disable else None
+        if not self.bar.disable:
+            self.bar.write(msg)
 
     def close(self) -> None:
         self.bar.close()
