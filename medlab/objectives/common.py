@@ -1,0 +1,39 @@
+"""Settings every objective shares (optimizer + schedule), held by composition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from medlab.optim import build_adamw, build_scheduler
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0
+    fused_adamw: bool | None = None
+
+    def build(self, named_params, total_steps: int) -> dict:
+        """AdamW over the trainable params + the per-step schedule, in the loop's expected shape."""
+        opt = build_adamw(named_params, lr=self.lr, weight_decay=self.weight_decay, betas=tuple(self.betas),
+                          eps=self.eps, fused=self.fused_adamw)
+        sched = build_scheduler(opt, total_steps=total_steps, kind=self.scheduler, warmup_steps=self.warmup_steps,
+                                warmup_ratio=self.warmup_ratio, min_lr_ratio=self.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def gather_objects(obj, fabric) -> list:
+    """Every rank's ``obj`` (rank order); just ``[obj]`` on one process."""
+    if fabric is None or fabric.world_size == 1:
+        return [obj]
+    out = [None] * fabric.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out

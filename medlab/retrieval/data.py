@@ -1,0 +1,278 @@
+"""`RetrievalData`: what ``conf/data/*.yaml`` instantiates for the bi-encoder and cross-encoder objectives.
+
+    data = RetrievalData(path="pairs.jsonl", task="bi_encoder", fields={"query": "question", "positive": "answer"})
+    problems = data.validate()          # cheap: files, columns, options
+    counts = data.setup(tokenizer)      # read -> normalize -> examples; kept/dropped counts
+    batch = data.collate(data.train_dataset[:8])
+
+Rows are turned into examples by the pure functions of `medlab.retrieval.rows`; tokenization happens in
+`collate` (texts are short, and a tokenizer call per batch is cheaper than caching token lists).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medlab.data.errors import DataError
+from medlab.data.readers import FILE_TYPES, as_path_list, check_exists, peek_records, read_records
+from medlab.retrieval import rows as R
+
+log = logging.getLogger(__name__)
+TASKS = ("bi_encoder", "cross_encoder")
+
+
+class RetrievalData:
+    """Settings + pipeline for retrieval training and evaluation data.
+
+    Args:
+        path / val_path: data file(s) (jsonl, json, csv, parquet, saved dataset dir); ``val_split`` holds out a
+            fraction of the train *queries* (by ``group``) when there is no ``val_path``.
+        task: ``bi_encoder`` (pairs with in-batch + hard negatives) or ``cross_encoder`` (scored pairs).
+        format: ``auto`` | pairs | groups | triples (see `medlab.retrieval.rows`).
+        fields: canonical field -> your column, e.g. ``{query: question, positive: answer}``.
+        query_prefix / doc_prefix: instruction prefixes prepended to every query / document (e.g. ``"query: "``).
+        max_length / query_max_length: token limits (documents / queries; the query limit defaults to max_length).
+        append_eos: add EOS after each text (decoder embedders pool the last token, which should see the text end).
+        num_negatives: hard negatives per bi-encoder example (null = the smallest count present, 0 = none).
+        group_size: cross-encoder only: train on groups of 1 positive + (group_size-1) negatives (listwise or
+            grouped BCE); null = independent pairs.
+        score_range: ``[lo, hi]`` of a graded ``score`` field (validated; NDCG gain = score - lo).
+        label_threshold: a pair is relevant when ``score >= label_threshold`` (when the rows carry no label).
+        pair_template: how a decoder cross-encoder sees (query, doc); null = the tokenizer's pair encoding
+            ([CLS] q [SEP] d [SEP] for BERT) or ``"Query: {query}\\nDocument: {doc}"`` without a SEP token.
+        image_root: directory relative image paths are resolved against (default: the data file's directory).
+        on_bad_row: ``error`` (raise, listing every bad row with file/row/field) or ``skip`` (drop, counted).
+        limit / val_limit: first N rows only (smoke tests).
+    """
+
+    def __init__(self, path: Any, val_path: Any = None, *, task: str = "bi_encoder", format: str = "auto",
+                 fields: Mapping[str, str] | None = None, query_prefix: str = "", doc_prefix: str = "",
+                 max_length: int = 128, query_max_length: int | None = None, append_eos: bool = False,
+                 num_negatives: int | None = None, group_size: int | None = None,
+                 score_range: Sequence[float] | None = None, label_threshold: float | None = None,
+                 pair_template: str | None = None, image_root: str | None = None, val_split: float = 0.0,
+                 on_bad_row: str = "error", batch_size: int = 32, val_batch_size: int | None = None,
+                 num_workers: int = 0, limit: int | None = None, val_limit: int | None = None, seed: int = 0,
+                 cache_dir: str | None = None):
+        self.paths = as_path_list(path) if path else []
+        self.val_paths = as_path_list(val_path) if val_path else []
+        self.task, self.format, self.fields = task, format, dict(fields or {})
+        self.query_prefix, self.doc_prefix = query_prefix or "", doc_prefix or ""
+        self.max_length, self.query_max_length = max_length, query_max_length or max_length
+        self.append_eos, self.num_negatives, self.group_size = append_eos, num_negatives, group_size
+        self.score_range = list(score_range) if score_range is not None else None
+        self.label_threshold, self.pair_template, self.image_root = label_threshold, pair_template, image_root
+        self.val_split, self.on_bad_row, self.seed = val_split, on_bad_row, seed
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.limit, self.val_limit = num_workers, limit, val_limit
+        self.train_dataset: list[dict] = []
+        self.val_dataset: list[dict] | None = None
+        self.tokenizer: Any = None
+        self.has_images = False
+
+    # ----------------------------------------------------------------------------------- checks
+    def validate(self) -> list[str]:
+        problems = []
+        if self.task not in TASKS:
+            problems.append(f"data.task={self.task!r} is not one of {', '.join(TASKS)}")
+        if self.format not in ("auto", *R.FORMATS):
+            problems.append(f"data.format={self.format!r} is not one of auto, {', '.join(R.FORMATS)}")
+        if self.on_bad_row not in ("error", "skip"):
+            problems.append(f"data.on_bad_row={self.on_bad_row!r} is not one of error, skip")
+        for name in ("max_length", "query_max_length", "batch_size", "val_batch_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                problems.append(f"data.{name} must be a positive integer, got {v!r}")
+        if self.num_negatives is not None and not (isinstance(self.num_negatives, int) and self.num_negatives >= 0):
+            problems.append(f"data.num_negatives must be null or an integer >= 0, got {self.num_negatives!r}")
+        if self.group_size is not None and not (isinstance(self.group_size, int) and self.group_size >= 2):
+            problems.append(f"data.group_size must be null or an integer >= 2, got {self.group_size!r}")
+        if self.group_size is not None and self.task == "bi_encoder":
+            problems.append("data.group_size is for the cross-encoder; the bi-encoder uses data.num_negatives")
+        if self.score_range is not None and (len(self.score_range) != 2 or self.score_range[0] >= self.score_range[1]):
+            problems.append(f"data.score_range must be [lo, hi] with lo < hi, got {self.score_range}")
+        if not 0.0 <= self.val_split < 1.0:
+            problems.append(f"data.val_split must be in [0, 1), got {self.val_split}")
+        if not self.paths:
+            problems.append("data.path is required (pass data.path=FILE)")
+        for p in self.paths + self.val_paths:
+            problems += self._file_problems(p)
+        return problems
+
+    def _file_problems(self, path: Path) -> list[str]:
+        try:
+            check_exists(path)
+            if path.is_file() and path.suffix.lower() not in FILE_TYPES:
+                return [f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(FILE_TYPES)})"]
+            head = peek_records(path, 3)
+        except DataError as e:
+            return [str(e)]
+        if not head:
+            return [f"{path}: contains no records"]
+        columns = list(dict.fromkeys(k for r in head for k in r))
+        problems = [f"{path}: {p}" for p in R.field_problems(columns, self.fields)]
+        mapped = R.resolve_fields(columns, self.fields)
+        fmt = R.detect_format(mapped, head[0]) if self.format == "auto" else self.format
+        if fmt is None:
+            problems.append(f"{path}: cannot tell the format from columns {columns}: map them with data.fields.query, "
+                            "data.fields.positive (pairs/groups) or data.fields.doc + data.fields.label|score (triples)")
+        elif fmt == "triples" and "label" not in mapped and self.label_threshold is None:
+            problems.append(f"{path}: triples with a score but no label need data.label_threshold")
+        return problems
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self, tokenizer: Any) -> dict[str, int]:
+        """Read and normalize every file; returns kept/dropped counts (logged)."""
+        problems = self.validate()
+        if problems:
+            raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
+        self.tokenizer = tokenizer
+        counts: dict[str, int] = {}
+        units = self._units(self.paths, self.limit, counts, "train")
+        val_units = self._units(self.val_paths, self.val_limit, counts, "val") if self.val_paths else []
+        if not val_units and self.val_split > 0:
+            units, val_units = _hold_out(units, self.val_split, self.seed)
+        self.train_dataset = self._examples(units, counts, "train", train=True)
+        self.val_dataset = self._examples(val_units, counts, "val", train=False) if val_units else None
+        if not self.train_dataset:
+            raise DataError(f"no training examples left from {[str(p) for p in self.paths]} (counts: {counts})")
+        self.has_images = any(e.get("image") or e.get("query_image") for e in self.train_dataset + (self.val_dataset or []))
+        log.info("retrieval data (%s): %s", self.task, ", ".join(f"{k}={v}" for k, v in counts.items()))
+        return counts
+
+    def _units(self, paths: list[Path], limit: int | None, counts: dict, split: str) -> list[dict]:
+        units: list[dict] = []
+        errors = R.RowErrors()
+        for path in paths:
+            records = read_records(path).to_list()
+            if limit:
+                records = records[: max(limit - len(units), 0)]
+            columns = list(dict.fromkeys(k for r in records[:50] for k in r))
+            mapped = R.resolve_fields(columns, self.fields)
+            fmt = R.detect_format(mapped, records[0] if records else None) if self.format == "auto" else self.format
+            root = self.image_root or str(Path(path).parent)
+            units += R.normalize_rows(records, mapped, fmt, path=str(path), errors=errors, score_range=self.score_range,
+                                      label_threshold=self.label_threshold, image_root=root)
+            counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
+        if errors.items:
+            if self.on_bad_row == "error":
+                shown = "\n  - ".join(errors.items[:20])
+                more = f"\n  ... and {len(errors.items) - 20} more" if len(errors.items) > 20 else ""
+                raise DataError(f"{len(errors.items)} bad row(s) (set data.on_bad_row=skip to drop them, counted):"
+                                f"\n  - {shown}{more}")
+            for reason, n in errors.counts.items():
+                counts[f"{split}/dropped_{reason}"] = n
+            log.warning("%s: dropped %d bad rows: %s", split, len(errors.items), dict(errors.counts))
+        return units
+
+    def _examples(self, units: list[dict], counts: dict, split: str, train: bool) -> list[dict]:
+        if self.task == "bi_encoder":
+            examples, c = R.bi_encoder_examples(units, self.num_negatives)
+        elif train and self.group_size:
+            examples, c = R.group_examples(units, self.group_size)
+        else:
+            examples, c = R.pointwise_examples(units), {}
+        counts.update({f"{split}/{k}": v for k, v in c.items()})
+        counts[f"{split}/examples"] = len(examples)
+        for i, e in enumerate(examples):
+            e["id"] = i
+        return examples
+
+    # ----------------------------------------------------------------------------------- batches
+    def collate(self, examples: Sequence[dict]) -> dict:
+        if self.task == "bi_encoder":
+            return self._collate_bi(examples)
+        if "docs" in examples[0]:
+            return self._collate_groups(examples)
+        return self._collate_pairs(examples)
+
+    def _collate_bi(self, examples: Sequence[dict]) -> dict:
+        qp, dp = self.query_prefix, self.doc_prefix
+        queries = [(qp + e["query"], e.get("query_image")) for e in examples]
+        docs = [(dp + e["positive"] if e["positive"] else "", e.get("image")) for e in examples]
+        docs += [(dp + n, None) for e in examples for n in e["negatives"]]
+        q = self.encode(queries, self.query_max_length)
+        d = self.encode(docs, self.max_length)
+        positive_ids = [R.doc_key(e["positive"], e.get("image")) for e in examples]
+        doc_ids = positive_ids + [R.doc_key(n) for e in examples for n in e["negatives"]]
+        return {"query": q, "docs": d, "num_negatives": len(examples[0]["negatives"]),
+                "positive_ids": torch.tensor(positive_ids), "doc_ids": torch.tensor(doc_ids),
+                "groups": [e["group"] for e in examples], "ids": [e["id"] for e in examples],
+                "num_tokens": int(q["attention_mask"].sum() + d["attention_mask"].sum())}
+
+    def _collate_pairs(self, examples: Sequence[dict]) -> dict:
+        pairs = self.encode_pairs([e["query"] for e in examples], [e["doc"] for e in examples],
+                                  [e.get("image") for e in examples])
+        return {"pairs": pairs, "labels": torch.tensor([e["label"] for e in examples], dtype=torch.float32),
+                "grades": torch.tensor([e["grade"] for e in examples], dtype=torch.float32), "group_size": 1,
+                "groups": [e["group"] for e in examples], "ids": [e["id"] for e in examples],
+                "num_tokens": int(pairs["attention_mask"].sum())}
+
+    def _collate_groups(self, examples: Sequence[dict]) -> dict:
+        k = len(examples[0]["docs"])
+        queries = [e["query"] for e in examples for _ in range(k)]
+        pairs = self.encode_pairs(queries, [d for e in examples for d in e["docs"]], [None] * len(queries))
+        labels = torch.zeros(len(examples), k)
+        labels[:, 0] = 1.0
+        return {"pairs": pairs, "labels": labels.reshape(-1), "grades": labels.reshape(-1), "group_size": k,
+                "groups": [e["group"] for e in examples], "ids": [e["id"] for e in examples],
+                "num_tokens": int(pairs["attention_mask"].sum())}
+
+    # ----------------------------------------------------------------------------------- encoding
+    def encode(self, items: Sequence[tuple[str, str | None]], max_length: int) -> dict[str, torch.Tensor]:
+        """(text, image) items -> model inputs (right-padded). Images go through the VLM processor."""
+        if self.has_images or any(img for _, img in items):
+            from medlab.models.vlm import multimodal_inputs
+
+            return multimodal_inputs(self.tokenizer, [{"text": t or None, "image": img} for t, img in items],
+                                     max_length=max_length)
+        return encode_texts(self.tokenizer, [t for t, _ in items], max_length, self.append_eos)
+
+    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str], images: Sequence[str | None]) -> dict:
+        tok = _text_tokenizer(self.tokenizer)
+        queries = [self.query_prefix + q for q in queries]
+        docs = [self.doc_prefix + d for d in docs]
+        if any(images):
+            raise DataError("image documents are supported by the bi-encoder only (the cross-encoder scores text pairs)")
+        if self.pair_template is None and tok.sep_token is not None:
+            enc = tok(list(queries), list(docs), truncation="longest_first", max_length=self.max_length,
+                      padding=True, return_tensors="pt")
+            return dict(enc)
+        template = self.pair_template or "Query: {query}\nDocument: {doc}"
+        texts = [template.format(query=q, doc=d) for q, d in zip(queries, docs)]
+        return encode_texts(tok, texts, self.max_length, append_eos=True)
+
+
+def _text_tokenizer(tok: Any) -> Any:
+    return getattr(tok, "tokenizer", tok)  # a processor wraps its tokenizer
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, append_eos: bool = False) -> dict:
+    """Tokenize, truncate to ``max_length`` (keeping room for EOS when ``append_eos``), right-pad."""
+    tok = _text_tokenizer(tokenizer)
+    eos = [tok.eos_token_id] if append_eos and tok.eos_token_id is not None else []
+    ids = tok(list(texts), truncation=True, max_length=max_length - len(eos), add_special_tokens=True)["input_ids"]
+    ids = [x + eos for x in ids]
+    width = max(1, max(len(x) for x in ids))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _hold_out(units: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split by query group (no query in both splits), with a fixed seed."""
+    groups = sorted({u["group"] for u in units})
+    random.Random(seed).shuffle(groups)
+    n_val = max(1, int(round(len(groups) * fraction)))
+    val = set(groups[:n_val])
+    return [u for u in units if u["group"] not in val], [u for u in units if u["group"] in val]
