@@ -174,6 +174,11 @@ class RetrievalData:
     def _examples(self, units: list[dict], counts: dict, split: str, train: bool) -> list[dict]:
         if self.task == "bi_encoder":
             examples, c = R.bi_encoder_examples(units, self.num_negatives)
+            if not train and c.get("too_few_negatives"):
+                # Validation ranks the whole corpus anyway: keep every query, without hard negatives.
+                log.info("val: %d queries have fewer than %s hard negatives; validating without hard negatives",
+                         c["too_few_negatives"], c["num_negatives"])
+                examples, c = R.bi_encoder_examples(units, 0)
         elif train and self.group_size:
             examples, c = R.group_examples(units, self.group_size)
         else:
