@@ -23,9 +23,19 @@ def export_model(model, tokenizer, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        save_tokenizer(tokenizer, out_dir)
     log.info("exported %s to %s", "adapter" if is_peft(model) else "model", out_dir)
     return out_dir
+
+
+def save_tokenizer(tokenizer, out_dir: Path) -> None:
+    """Save a tokenizer or processor; a processor built without its video part (no torchvision) saves its
+    tokenizer and image processor, which is what loading it back needs."""
+    if not hasattr(tokenizer, "image_processor") or hasattr(tokenizer, "video_processor"):
+        tokenizer.save_pretrained(out_dir)
+        return
+    tokenizer.tokenizer.save_pretrained(out_dir)
+    tokenizer.image_processor.save_pretrained(out_dir)
 
 
 def export_merged(adapter_dir: str | Path, load_base: Callable, out_dir: str | Path) -> Path:

@@ -9,6 +9,11 @@ window, whatever the micro-batch split: k micro-batches of n equal one batch of 
 
 Host syncs are limited to one per optimizer step (the finiteness of the gradient norm, needed to
 skip a non-finite step on every rank consistently) plus the reductions at log/validation points.
+
+RL objectives (``make_experience``): each loader batch becomes an *experience* of
+``module.steps_per_experience`` windows (default 1; GRPO's mu inner iterations), i.e. that many optimizer
+steps. Checkpoints (periodic and on a signal) are written only at experience boundaries, so a resumed run
+regenerates the next experience from the restored RNG exactly as the uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class LoopState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     last_val: dict = field(default_factory=dict)
+    experience_step: int = 0  # windows of the current experience already stepped (0 = at a boundary)
 
 
 @dataclass
@@ -156,7 +162,10 @@ class Loop:
                     break
                 self.state.batch_in_epoch += 1
                 if hasattr(self.module, "make_experience"):
-                    yield list(self.module.make_experience(batch))
+                    experience = self._experience_windows(batch)
+                    for j, exp_window in enumerate(experience):
+                        self.state.experience_step = (j + 1) % len(experience)
+                        yield exp_window
                     continue
                 window.append(batch)
                 if len(window) == k:
@@ -165,12 +174,28 @@ class Loop:
             if window:
                 yield window  # a partial window at the end of an epoch still steps (weights renormalize)
 
+    def _steps_per_experience(self) -> int | None:
+        """None: ``make_experience`` returns one window; n >= 1: it returns a list of n windows."""
+        n = getattr(self.module, "steps_per_experience", None)
+        if n is not None and not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"module.steps_per_experience must be an integer >= 1, got {n!r}")
+        return n
+
+    def _experience_windows(self, batch) -> list[list]:
+        out = list(self.module.make_experience(batch))
+        n = self._steps_per_experience()
+        if n is None:
+            return [out]
+        if len(out) != n:
+            raise ValueError(f"make_experience returned {len(out)} windows; steps_per_experience is {n}")
+        return [list(w) for w in out]
+
     # ------------------------------------------------------------------ setup
     def _total_steps(self) -> int:
         k = self.cfg.accumulate_grad_batches
         per_epoch = math.ceil(self._batches_per_epoch() / k)
         if hasattr(self.module, "make_experience"):
-            per_epoch = self._batches_per_epoch()
+            per_epoch = self._batches_per_epoch() * (self._steps_per_experience() or 1)
         candidates = []
         if self.cfg.max_steps is not None and self.cfg.max_steps > 0:
             candidates.append(self.cfg.max_steps)
@@ -210,6 +235,10 @@ class Loop:
                 rank=fabric.global_rank, world_size=fabric.world_size, pad=sharded)
         self.total_steps = self._total_steps()
         module.estimated_stepping_batches = self.total_steps
+        per_exp = (self._steps_per_experience() or 1) if hasattr(module, "make_experience") else 1
+        if per_exp > 1 and self.total_steps % per_exp:
+            log.warning("%d optimizer steps is not a multiple of the %d steps per experience: the last experience "
+                        "is cut short", self.total_steps, per_exp)
         self._hook("on_fit_start")
         self._setup(module)
         if resume is not None:
@@ -222,6 +251,7 @@ class Loop:
         progress = Progress(self.total_steps, self.state.global_step, cfg.progress_bar and fabric.is_global_zero)
         throughput = Throughput(*_flops_info(module, fabric))
         log_loss, log_weight = torch.zeros((), device=fabric.device), 0
+        ckpt_due = False
         self._install_signal_handler()
         self._hook("on_train_start")
         try:
@@ -244,8 +274,14 @@ class Loop:
                 if self.val_sampler is not None and cfg.val_every_n_steps and step % cfg.val_every_n_steps == 0:
                     stop = self._validate_and_track(progress)
                 if cfg.ckpt_every_n_steps and step % cfg.ckpt_every_n_steps == 0:
+                    ckpt_due = True
+                # Mid-experience (RL, several steps per experience) a checkpoint or a signal stop waits for
+                # the experience's last step: the experience itself is not saved, so resume regenerates it.
+                at_boundary = self.state.experience_step == 0
+                if ckpt_due and at_boundary:
                     last_ckpt = self.save()
-                if self._stop_signal:
+                    ckpt_due = False
+                if self._stop_signal and at_boundary:
                     status = "interrupted"
                     progress.write(f"signal received: checkpointing at step {step} and stopping")
                     break
@@ -351,8 +387,29 @@ class Loop:
         if hasattr(self, "_last_grad_norm"):
             metrics["train/grad_norm"] = float(self._last_grad_norm)
         metrics.update(throughput.compute(fabric.world_size))
+        metrics.update(self._module_step_metrics())
         self._log(metrics)
         return metrics
+
+    def _module_step_metrics(self) -> dict[str, float]:
+        """``module.step_metrics()`` (what the objective measured since the last log point) as ``train/<key>``,
+        averaged over ranks (keys whose last part contains "max" take the maximum). Every rank must return the
+        same keys; rank 0's are the ones logged."""
+        fn = getattr(self.module, "step_metrics", None)
+        if not callable(fn):
+            return {}
+        values = {k: float(v) for k, v in (fn() or {}).items()}
+        keys = sorted(values)
+        fabric = self.fabric
+        if fabric.world_size > 1:
+            keys = fabric.broadcast(keys, src=0)
+            is_max = [("max" in k.rsplit("/", 1)[-1]) for k in keys]
+            t = torch.tensor([values.get(k, math.nan) for k in keys], device=fabric.device, dtype=torch.float64)
+            summed = fabric.all_reduce(torch.where(torch.tensor(is_max, device=t.device), 0.0, t), reduce_op="sum")
+            maxed = fabric.all_reduce(torch.where(torch.tensor(is_max, device=t.device), t, -math.inf), reduce_op="max")
+            out = [m if mx else s / fabric.world_size for s, m, mx in zip(summed.tolist(), maxed.tolist(), is_max)]
+            values = dict(zip(keys, out))
+        return {f"train/{k}": values[k] for k in keys}
 
     def _log(self, metrics: dict) -> None:
         self.fabric.log_dict(metrics, step=self.state.global_step)
@@ -437,6 +494,10 @@ class Loop:
         loop_state = ckpt.load_checkpoint(path, model=self.module, optimizer=self.optimizer,
                                           scheduler=self.scheduler, rank=self.fabric.global_rank)
         self.state = LoopState(**loop_state)
+        if self.state.experience_step:
+            log.warning("checkpoint %s was written %d step(s) into an experience (the run ended there): resuming "
+                        "starts the next experience, the rest of that one is skipped", path, self.state.experience_step)
+            self.state.experience_step = 0
         self._rewind_loggers(self.state.global_step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.global_step,
                  self.state.epoch, self.state.batch_in_epoch)

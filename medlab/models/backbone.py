@@ -26,7 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("tiny", "hf", "smollm2", "minilm")
+SOURCES = ("tiny", "hf", "smollm2", "minilm", "tiny_vlm")
+VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # loaded with their processor (images + text)
 HEADS = ("causal_lm", "embed", "score")
 # Encoder-only families: built and saved as a bare encoder (no LM head) when tiny.
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert")
@@ -117,7 +118,18 @@ def resolve_model_dir(
         return Path(path).expanduser()
     if source == "minilm":
         return minilm_dir()
+    if source == "tiny_vlm":
+        from medlab.models.vlm import ensure_tiny_vlm
+
+        return ensure_tiny_vlm(cache_dir, arch=arch, init_seed=init_seed)
     raise ValueError(f"unknown model source {source!r}; expected one of {SOURCES}")
+
+
+def _model_type(model_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 def minilm_dir() -> Path:
@@ -167,6 +179,14 @@ def load_causal_lm(
 
     model_dir = resolve_model_dir(source=source, path=path, arch=arch, tokenizer=tokenizer, init_seed=init_seed,
                                   cache_dir=cache_dir, pretrain_steps=pretrain_steps)
+    if source == "tiny_vlm" or _model_type(model_dir) in VLM_TYPES:
+        from medlab.models.vlm import load_vlm
+
+        if head == "score":
+            raise ValueError("vision-language backbones are supported as embedders (objective=bi_encoder) and "
+                             "language models; a VLM cross-encoder is not implemented")
+        return load_vlm(model_dir, head="embed" if head == "embed" else "lm", dtype=dtype,
+                        quantization_config=quantization_config, attn_implementation=attn_implementation)
     tok = AutoTokenizer.from_pretrained(tokenizer or model_dir, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         # Never reuse EOS as pad silently: padded labels are masked by position, not by id, so this is
@@ -208,9 +228,13 @@ def describe_model(*, source: str, path: str | None = None, arch: dict | None = 
         config = AutoConfig.for_model(**SMOLLM2_CONFIG)
     elif source == "minilm":
         config = AutoConfig.from_pretrained(minilm_dir())
+    elif source == "tiny_vlm":
+        from medlab.models.vlm import _asset_tokenizer, _vlm_tokenizer, resolve_arch, tiny_vlm_config
+
+        config = tiny_vlm_config(resolve_arch(arch), _vlm_tokenizer(_asset_tokenizer()))
     else:
         config = AutoConfig.from_pretrained(Path(path).expanduser(), trust_remote_code=trust_remote_code)
-    builder = AutoModel if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
+    builder = AutoModel if config.model_type in ENCODER_TYPES + VLM_TYPES else AutoModelForCausalLM
     with torch.device("meta"):
         model = builder.from_config(config, trust_remote_code=trust_remote_code)
     return {

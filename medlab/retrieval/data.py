@@ -232,7 +232,7 @@ class RetrievalData:
     # ----------------------------------------------------------------------------------- encoding
     def encode(self, items: Sequence[tuple[str, str | None]], max_length: int) -> dict[str, torch.Tensor]:
         """(text, image) items -> model inputs (right-padded). Images go through the VLM processor."""
-        if self.has_images or any(img for _, img in items):
+        if hasattr(self.tokenizer, "image_processor") or any(img for _, img in items):
             from medlab.models.vlm import multimodal_inputs
 
             return multimodal_inputs(self.tokenizer, [{"text": t or None, "image": img} for t, img in items],

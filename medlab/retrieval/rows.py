@@ -57,6 +57,9 @@ def resolve_fields(columns: Sequence[str], fields: Mapping[str, str] | None) -> 
             del out["positive"]
     if "positive" in out and out.get("doc") in ALIASES["doc"] and "doc" not in fields:
         del out["doc"]
+    # One column cannot be both (e.g. a triples config layered over a pairs one): judgments make it the doc.
+    if "positive" in out and out["positive"] == out.get("doc"):
+        del out["positive" if any(k in out for k in ("label", "score")) else "doc"]
     return out
 
 
@@ -76,6 +79,8 @@ def detect_format(mapped: Mapping[str, str], first_row: Mapping[str, Any] | None
     if "positive" in mapped:
         value = (first_row or {}).get(mapped["positive"])
         return "groups" if isinstance(value, list) else "pairs"
+    if "image" in mapped and "doc" not in mapped:
+        return "pairs"  # the document is the image (text -> image retrieval)
     if "doc" in mapped and ("label" in mapped or "score" in mapped):
         return "triples"
     return None
@@ -172,6 +177,9 @@ def _judgment(rec, get, path, i, errors, lo, hi, threshold) -> tuple[float | Non
         except (TypeError, ValueError):
             errors.add(path, i, get["score"], f"score {score!r} is not a number", "bad_score")
             return None, 0.0
+        if math.isnan(score):  # an empty cell in a csv/parquet file
+            errors.add(path, i, get["score"], "score is missing (NaN)", "bad_score")
+            return None, 0.0
         if lo is not None and not lo <= score <= hi:
             errors.add(path, i, get["score"], f"score {score} is outside data.score_range [{lo}, {hi}]", "bad_score")
             return None, 0.0
@@ -248,13 +256,13 @@ def pointwise_examples(units: list[dict]) -> list[dict]:
 
 def group_examples(units: list[dict], group_size: int) -> tuple[list[dict], dict[str, int]]:
     """Groups of one positive + ``group_size - 1`` negatives of the same query (negatives used in order,
-    cycled when a query has fewer); queries without a negative are counted and left out."""
-    out, counts = [], {"groups_without_negatives": 0}
+    cycled when a query has fewer); queries without a positive or without a negative are counted and left out."""
+    out, counts = [], {"no_positive_in_group": 0, "groups_without_negatives": 0}
     for u in merge_units(units):
         positives = [d for d in u["docs"] if d[2] >= 0.5]
         negatives = [d for d in u["docs"] if d[2] < 0.5]
         if not positives or not negatives:
-            counts["groups_without_negatives"] += int(bool(positives))
+            counts["groups_without_negatives" if positives else "no_positive_in_group"] += 1
             continue
         for j, pos in enumerate(positives):
             negs = [negatives[(j * (group_size - 1) + t) % len(negatives)] for t in range(group_size - 1)]
