@@ -39,7 +39,13 @@ def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
 
 def _check_missing(cfg: DictConfig) -> list[str]:
     out = []
-    for key in sorted(OmegaConf.missing_keys(cfg)):
+    try:
+        missing = OmegaConf.missing_keys(cfg)
+    except Exception as e:  # an interpolation that cannot resolve, e.g. data.mode -> objective.mode
+        key = getattr(e, "full_key", None)
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [f"{key or 'config'}: {why} (do the config groups fit together, e.g. this data with this objective?)"]
+    for key in sorted(missing):
         out.append(f"{key} is required (pass {key}=...)")
     return out
 
@@ -173,6 +179,53 @@ def _check_objective(cfg: DictConfig) -> list[str]:
     return out
 
 
+def _check_retrieval(cfg: DictConfig) -> list[str]:
+    """Objective <-> data <-> strategy combinations for the bi-encoder and cross-encoder."""
+    import logging
+
+    target, data_target = str(_get(cfg, "objective._target_", "")), str(_get(cfg, "data._target_", ""))
+    retrieval_objective = target.endswith(("BiEncoder", "CrossEncoder"))
+    retrieval_data = data_target.endswith("RetrievalData")
+    out = []
+    if retrieval_objective and data_target and not retrieval_data:
+        out.append(f"objective {target.rsplit('.', 1)[-1]} needs retrieval data (data=sample_pairs, sample_rerank, "
+                   f"retrieval, ...), got data._target_={data_target}")
+    if retrieval_data and not retrieval_objective:
+        out.append(f"data._target_={data_target} is retrieval data; use objective=bi_encoder or objective=cross_encoder")
+    if not retrieval_objective:
+        return out
+    task = _get(cfg, "objective.task")
+    if retrieval_data and _get(cfg, "data.task") != task:
+        out.append(f"data.task={_get(cfg, 'data.task')!r} does not match objective.task={task!r}")
+    if target.endswith("BiEncoder"):
+        pooling = _get(cfg, "objective.pooling")
+        if pooling not in ("mean", "cls", "last_token"):
+            out.append(f"objective.pooling={pooling!r} is not one of mean, cls, last_token")
+        temperature = _get(cfg, "objective.temperature")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            out.append(f"objective.temperature must be > 0, got {temperature!r}")
+        chunk = _get(cfg, "objective.gradcache_chunk_size")
+        if chunk is not None:
+            if not (isinstance(chunk, int) and chunk >= 1):
+                out.append(f"objective.gradcache_chunk_size must be null or an integer >= 1, got {chunk!r}")
+            if str(_get(cfg, "strategy.name")) in GPU_ONLY:
+                out.append("objective.gradcache_chunk_size (GradCache) runs its own backward passes: use strategy "
+                           "single or ddp, not FSDP/DeepSpeed")
+            if _get(cfg, "model.source") == "tiny_vlm" or "vl" in str(_get(cfg, "model.name", "")).lower():
+                out.append("GradCache slices inputs by rows, which image patches are not: turn it off for VLM backbones")
+        if (_get(cfg, "trainer.accumulate_grad_batches") or 1) > 1:
+            logging.getLogger("medlab").warning(
+                "bi-encoder with trainer.accumulate_grad_batches > 1: each micro-batch only sees its own in-batch "
+                "negatives; for a larger contrastive batch use objective.gradcache_chunk_size instead")
+    else:
+        loss = _get(cfg, "objective.loss")
+        if loss not in ("bce", "listwise"):
+            out.append(f"objective.loss={loss!r} is not one of bce, listwise")
+        if loss == "listwise" and not _get(cfg, "data.group_size"):
+            out.append("objective.loss=listwise needs groups of 1 positive + k negatives: set data.group_size=K")
+    return out
+
+
 def _check_loggers(cfg: DictConfig) -> list[str]:
     out = []
     for name, lcfg in (cfg.get("logger") or {}).items():
@@ -207,6 +260,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     problems = _check_missing(cfg)
     checks: list[Callable[[], list[str]]] = [
         lambda: _check_trainer(cfg), lambda: _check_strategy(cfg), lambda: _check_objective(cfg),
+        lambda: _check_retrieval(cfg),
         lambda: _check_loggers(cfg), lambda: _check_secrets(cfg),
     ]
     for check in checks:

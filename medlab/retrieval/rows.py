@@ -51,15 +51,16 @@ def resolve_fields(columns: Sequence[str], fields: Mapping[str, str] | None) -> 
             alias = next((a for a in ALIASES.get(name, ()) if a in columns and a not in fields.values()), None)
             if alias:
                 out[name] = alias
-    # `answer` is the positive for pairs, the doc for triples: never both.
-    if "doc" in out and "positive" in out and "positive" not in fields and out["positive"] in ALIASES["positive"]:
-        if any(k in out for k in ("label", "score")):
-            del out["positive"]
-    if "positive" in out and out.get("doc") in ALIASES["doc"] and "doc" not in fields:
+    # `answer` is the positive for pairs, the doc for triples (rows with a label or score): never both.
+    judged = any(k in out for k in ("label", "score"))
+    if judged and "positive" in out and not fields.get("positive") and out["positive"] in ALIASES["positive"]:
+        out.setdefault("doc", out["positive"])
+        del out["positive"]
+    if "positive" in out and out.get("doc") in ALIASES["doc"] and not fields.get("doc"):
         del out["doc"]
     # One column cannot be both (e.g. a triples config layered over a pairs one): judgments make it the doc.
     if "positive" in out and out["positive"] == out.get("doc"):
-        del out["positive" if any(k in out for k in ("label", "score")) else "doc"]
+        del out["positive" if judged else "doc"]
     return out
 
 

@@ -1,0 +1,311 @@
+"""GRPOPolicy: Group Relative Policy Optimization (``objective=grpo``) in medlab's one loop.
+
+Per loader batch of prompts the loop calls :meth:`GRPOPolicy.make_experience`, which
+
+1. samples ``num_generations`` (G) completions per prompt with the generation engine (HF ``generate``, KV
+   cache, left-padded batches; temperature / top-p / top-k / max_new_tokens from the config);
+2. scores them with the configured rewards (``medlab.rl.rewards.RewardSet``: weighted sum; a reward that
+   raises or returns None/NaN is masked for that sample and counted, never fatal);
+3. turns rewards into group-relative advantages (``medlab.rl.advantages.group_advantages``);
+4. splits the rows into micro-batches of ``micro_batch_size`` completions and, per micro-batch, stores the
+   old log-probs (when ``num_iterations`` > 1) and the reference log-probs (when ``beta`` > 0);
+5. returns ``num_iterations`` (mu) windows over the same micro-batches: the loop makes one optimizer step
+   per window (``steps_per_experience``), each iteration using the stored old log-probs in the ratio.
+
+``training_step`` computes the policy's per-token log-probs and ``medlab.rl.losses.grpo_loss`` (clipped
+surrogate, optional clip-higher ``epsilon_high``, k3 KL * beta). ``batch_weight`` matches the aggregation,
+so the loop's weight / window-total scaling gives exactly the window-level loss: completion tokens for
+``token`` (DAPO), sequences for ``sequence`` (GRPO) and ``dr_grpo``.
+
+Reference policy (beta > 0): with LoRA/QLoRA (a peft model) the base model with adapters disabled -- no
+second copy. A full fine-tune keeps a frozen copy of the initial weights, made once in ``on_fit_start``
+(before a resume loads the checkpoint, so it is always the initial model); it costs one more model in
+memory, so prefer an adapter or ``beta: 0`` for large models.
+
+Validation generates greedy answers for the validation prompts: ``val/reward`` (mean total reward),
+``val/accuracy`` (exact match against the ``answer`` field; rows without an answer count as wrong),
+``val/format_failure_rate`` (no well-formed ``<answer>...</answer>``) and ``val/completion_length``.
+
+Per-step metrics (``step_metrics``, logged by the loop as ``train/<key>`` at log points, averaged over the
+steps since the last one): ``reward``, ``reward_std``, ``rewards/<name>/{mean,std,failures}``,
+``reward_masked``, ``frac_reward_zero_std``, ``adv/{mean,std,abs_mean}``, ``kl``, ``clip_ratio/*``,
+``completions/{mean_length,max_length,truncated_frac}``, ``time/{generate_s,score_s,logprob_s,update_s}``,
+``rollout/tokens_per_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+
+from medlab.objectives.common import OptimSettings
+from medlab.rl.advantages import SCALES, group_advantages
+from medlab.rl.generation import HFGenerateEngine, _find_peft, eval_mode, sequence_logprobs
+from medlab.rl.losses import AGGREGATIONS, grpo_loss
+from medlab.rl.rewards import RewardSet, exact_match, format_reward
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+
+
+class GRPOPolicy(L.LightningModule):
+    head = "causal_lm"
+    peft_task = "CAUSAL_LM"
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, rewards: Mapping[str, Any],
+                 num_generations: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, num_iterations: int = 1, beta: float = 0.0, epsilon: float = 0.2,
+                 epsilon_high: float | None = None, scale_rewards: str = "group", adv_eps: float = 1e-4,
+                 loss_aggregation: str = "token", micro_batch_size: int | None = None,
+                 logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
+                 task: str = "grpo", **optim):
+        super().__init__()
+        if tokenizer is None:
+            raise ValueError("GRPOPolicy needs the tokenizer (generation and decoding)")
+        problems = []
+        if not (isinstance(num_generations, int) and num_generations >= 2):
+            problems.append(f"objective.num_generations must be an integer >= 2 (a group), got {num_generations!r}")
+        if not (isinstance(num_iterations, int) and num_iterations >= 1):
+            problems.append(f"objective.num_iterations must be an integer >= 1, got {num_iterations!r}")
+        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+            problems.append(f"objective.max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if not temperature > 0:
+            problems.append(f"objective.temperature must be > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            problems.append(f"objective.top_p must be in (0, 1], got {top_p}")
+        if beta < 0 or epsilon < 0 or (epsilon_high is not None and epsilon_high < 0):
+            problems.append("objective.beta, epsilon and epsilon_high must be >= 0")
+        if scale_rewards not in SCALES:
+            problems.append(f"objective.scale_rewards={scale_rewards!r} is not one of {', '.join(SCALES)}")
+        if loss_aggregation not in AGGREGATIONS:
+            problems.append(f"objective.loss_aggregation={loss_aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+        if micro_batch_size is not None and not (isinstance(micro_batch_size, int) and micro_batch_size >= 1):
+            problems.append(f"objective.micro_batch_size must be null or an integer >= 1, got {micro_batch_size!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.model, self.tokenizer = model, tokenizer
+        self.rewards = RewardSet.from_config(_plain(rewards))
+        self.num_generations, self.max_new_tokens = num_generations, max_new_tokens
+        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k or 0)
+        self.num_iterations, self.beta = num_iterations, float(beta)
+        self.epsilon, self.epsilon_high = float(epsilon), epsilon_high
+        self.scale_rewards, self.adv_eps, self.loss_aggregation = scale_rewards, float(adv_eps), loss_aggregation
+        self.micro_batch_size, self.logprob_batch_size = micro_batch_size, logprob_batch_size
+        self.val_max_new_tokens = val_max_new_tokens or max_new_tokens
+        self.task = task
+        self.optim = OptimSettings(**optim)
+        self.engine = HFGenerateEngine(model, tokenizer)
+        self.steps_per_experience = num_iterations  # the loop: one optimizer step per iteration
+        self.estimated_stepping_batches = 1
+        self.ref_model: torch.nn.Module | None = None
+        self._exp_stats: list[dict[str, float]] = []
+        self._train_sums: dict[str, torch.Tensor] = {}
+        self._train_count = 0
+        self._update_s = 0.0
+        self._step_t0: float | None = None
+
+    # ------------------------------------------------------------------ reference policy
+    @property
+    def uses_adapters(self) -> bool:
+        return _find_peft(self.model) is not None
+
+    def on_fit_start(self) -> None:
+        if self.beta > 0 and not self.uses_adapters and self.ref_model is None:
+            # Before the loop restores a checkpoint: the copy is the initial model, also on resume.
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            log.info("GRPO: full fine-tune with beta=%g keeps a frozen reference copy of the model", self.beta)
+
+    def _autocast(self):
+        fabric = getattr(self, "_fabric", None)
+        return fabric.autocast() if fabric is not None else contextlib.nullcontext()
+
+    def _logps(self, model, mb: dict) -> torch.Tensor:
+        return sequence_logprobs(model, *(mb[k] for k in ROLLOUT_KEYS), temperature=self.temperature,
+                                 batch_size=self.logprob_batch_size)
+
+    @torch.no_grad()
+    def reference_logps(self, mb: dict) -> torch.Tensor:
+        with self._autocast():
+            if self.ref_model is not None:
+                with eval_mode(self.ref_model):
+                    return self._logps(self.ref_model, mb)
+            peft_model = _find_peft(self.model)
+            if peft_model is None:
+                raise RuntimeError("beta > 0 needs a reference: a peft model, or on_fit_start's frozen copy")
+            with peft_model.disable_adapter():
+                return self._logps(self.model, mb)
+
+    # ------------------------------------------------------------------ experience
+    @torch.no_grad()
+    def make_experience(self, batch: dict) -> list[list[dict]]:
+        """A loader batch of prompts -> ``num_iterations`` windows over the same scored micro-batches."""
+        G = self.num_generations
+        self._step_t0 = None
+        with self._autocast():
+            ro = self.engine.generate(batch["prompt_ids"], num_generations=G, max_new_tokens=self.max_new_tokens,
+                                      temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                      do_sample=True)
+        t0 = time.perf_counter()
+        prompts = [p for p in batch["prompts"] for _ in range(G)]
+        fields = {k: [v for v in vals for _ in range(G)] for k, vals in batch["fields"].items()}
+        total, per_fn, rstats = self.rewards(prompts, ro.texts, **fields)
+        adv, astats = group_advantages(total, G, scale=self.scale_rewards, eps=self.adv_eps)
+        score_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ids = [i for i in batch["ids"] for _ in range(G)]
+        adv = adv.to(ro.completion_ids.device)
+        rows, size = ro.num_rows, self.micro_batch_size or ro.num_rows
+        micro = []
+        for s in range(0, rows, size):
+            mb = _micro_batch(ro, adv, ids, s, min(s + size, rows))
+            if self.num_iterations > 1:  # the ratio's denominator for iterations 2..mu
+                with self._autocast():
+                    mb["old_logps"] = self._logps(self.model, mb)
+            if self.beta > 0:
+                mb["ref_logps"] = self.reference_logps(mb)
+            micro.append(mb)
+        logprob_s = time.perf_counter() - t0
+        self._record_experience(ro, total, per_fn, rstats, adv, astats, score_s, logprob_s)
+        return [micro for _ in range(self.num_iterations)]
+
+    def _record_experience(self, ro, total, per_fn, rstats, adv, astats, score_s, logprob_s) -> None:
+        lengths = ro.completion_lengths.float()
+        stats = {
+            "reward": _nanmean(total), "reward_std": _nanstd(total),
+            "reward_masked": float(rstats["reward/masked"]),
+            "frac_reward_zero_std": float(astats["frac_zero_std"]),
+            "adv/mean": float(adv.float().mean()), "adv/std": float(adv.float().std()) if adv.numel() > 1 else 0.0,
+            "adv/abs_mean": float(astats["adv/abs_mean"]),
+            "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
+            "completions/truncated_frac": float(ro.is_truncated.float().mean()),
+            "time/generate_s": ro.seconds, "time/score_s": score_s, "time/logprob_s": logprob_s,
+            "rollout/tokens_per_s": ro.tokens_per_s,
+        }
+        for name, values in per_fn.items():
+            stats[f"rewards/{name}/mean"] = _nanmean(values)
+            stats[f"rewards/{name}/std"] = _nanstd(values)
+            stats[f"rewards/{name}/failures"] = float(torch.isnan(values).sum())
+        self._exp_stats.append(stats)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        logps = self._logps(self.model, batch)
+        loss, stats = grpo_loss(logps, batch.get("old_logps"), batch.get("ref_logps"), batch["advantages"],
+                                batch["completion_mask"], eps_low=self.epsilon, eps_high=self.epsilon_high,
+                                beta=self.beta, aggregation=self.loss_aggregation,
+                                max_completion_length=self.max_new_tokens)
+        for k in ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "ratio/mean"):
+            if k in stats:  # device tensors: no host sync until the log point
+                self._train_sums[k] = self._train_sums.get(k, 0.0) + stats[k].detach().float()
+        self._train_count += 1
+        return {"loss": loss, **{k: v for k, v in stats.items() if k != "num_tokens"}}
+
+    def batch_weight(self, batch: dict) -> int:
+        if "completion_mask" not in batch:  # a validation batch of prompts
+            return len(batch["ids"])
+        return batch["num_completion_tokens"] if self.loss_aggregation == "token" else batch["num_sequences"]
+
+    def batch_tokens(self, batch: dict) -> int:
+        return batch["num_tokens"]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._step_t0 is None:
+            self._step_t0 = time.perf_counter()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._step_t0 is not None:  # forward + backward + clipping of this step (after the step's host sync)
+            self._update_s += time.perf_counter() - self._step_t0
+            self._step_t0 = None
+
+    def step_metrics(self) -> dict[str, float]:
+        """Means over the experiences / micro-batches / steps since the last call (then reset)."""
+        out: dict[str, float] = {}
+        if self._exp_stats:
+            keys = list(dict.fromkeys(k for s in self._exp_stats for k in s))
+            for k in keys:
+                vals = [s[k] for s in self._exp_stats if k in s and not math.isnan(s[k])]
+                agg = max if "max" in k.rsplit("/", 1)[-1] else (lambda v: sum(v) / len(v))
+                out[k] = agg(vals) if vals else math.nan
+        if self._train_count:
+            out.update({k: float(v) / self._train_count for k, v in self._train_sums.items()})
+        out["time/update_s"] = self._update_s / max(len(self._exp_stats) * self.num_iterations, 1)
+        self._exp_stats, self._train_sums, self._train_count, self._update_s = [], {}, 0, 0.0
+        return out
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def answer(self, batch: dict, max_new_tokens: int | None = None):
+        """Greedy completions (a :class:`~medlab.rl.generation.Rollout`) for a prompt batch (``PromptData.collate``)."""
+        with self._autocast():
+            return self.engine.generate(batch["prompt_ids"], num_generations=1, do_sample=False,
+                                        max_new_tokens=max_new_tokens or self.val_max_new_tokens)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        ro = self.answer(batch)
+        scores = score_answers(batch["prompts"], ro.texts, batch["fields"], self.rewards)
+        scores["completion_length"] = float(ro.completion_lengths.float().mean())
+        return {k: torch.tensor(v, device=self.device, dtype=torch.float32) for k, v in scores.items()}
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        return self.optim.build(self.model.named_parameters(), self.estimated_stepping_batches)
+
+
+def score_answers(prompts: list, texts: list[str], fields: Mapping[str, list], rewards: RewardSet | None = None
+                  ) -> dict[str, float]:
+    """Means over one batch: ``accuracy`` (exact match vs ``answer``; no answer = wrong), ``format_failure_rate``
+    (no well-formed ``<answer>`` tag) and, with ``rewards``, ``reward`` (mean total reward over scorable rows)."""
+    n = max(len(texts), 1)
+    answers = fields.get("answer", [None] * len(texts))
+    em = exact_match(prompts, texts, answer=list(answers))
+    fmt = format_reward(prompts, texts, kind="answer")
+    out = {"accuracy": sum(v or 0.0 for v in em) / n, "format_failure_rate": 1.0 - sum(fmt) / n}
+    if rewards is not None:
+        total, _, _ = rewards(prompts, texts, **fields)
+        out["reward"] = _nanmean(total) if not torch.isnan(total).all() else 0.0
+    return out
+
+
+def _micro_batch(ro, adv: torch.Tensor, ids: list, s: int, e: int) -> dict:
+    """Rows s:e of a rollout, with all-padding prompt columns (left) and completion columns (right) dropped."""
+    pm, cm = ro.prompt_mask[s:e], ro.completion_mask[s:e]
+    first = int(pm.any(0).long().argmax()) if pm.shape[1] else 0  # first prompt column any row uses
+    c_len = int(ro.completion_lengths[s:e].max()) if e > s else 0
+    n_tokens = int(cm.sum())
+    return {
+        "prompt_ids": ro.prompt_ids[s:e, first:], "prompt_mask": pm[:, first:],
+        "completion_ids": ro.completion_ids[s:e, :c_len], "completion_mask": cm[:, :c_len],
+        "advantages": adv[s:e], "ids": ids[s:e], "num_sequences": e - s, "num_completion_tokens": n_tokens,
+        "num_tokens": int(pm.sum()) + n_tokens,
+    }
+
+
+def _plain(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _nanmean(t: torch.Tensor) -> float:
+    v = t[~torch.isnan(t)]
+    return float(v.mean()) if v.numel() else math.nan
+
+
+def _nanstd(t: torch.Tensor) -> float:
+    v = t[~torch.isnan(t)]
+    return float(v.std()) if v.numel() > 1 else 0.0
