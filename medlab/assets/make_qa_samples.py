@@ -4,7 +4,7 @@ Built only from medlab's own hand-written fact tables (``make_sample_data.py``);
 
     python -m medlab.assets.make_qa_samples
 
-Each row is ``{"id", "question", "options": {"A": ..., "E": ...}, "answer": letter, "lang", "kind"}`` (the
+Each row is ``{"id", "question", "options": {"A": ..., "E": ...}, "answer": letter, "lang", "topic"}`` (the
 field names of ``../shared/data/qa/medqa_usmle_train.jsonl``, so the same data config reads both):
 
 - ``condition``: a condition's symptom description (its name masked) -> which condition (5 options);
@@ -52,7 +52,7 @@ def _row(kind: str, lang: str, text: str, correct: str, pool: list[str], rng: ra
     if idx % 8 == 7:
         opts = options  # a list: letters implied by position
     return {"id": f"{kind}-{lang}-{idx}", "question": STEMS[kind][lang].format(text=text), "options": opts,
-            "answer": answer, "lang": lang, "kind": kind}
+            "answer": answer, "lang": lang, "topic": kind}
 
 
 def _conditions(conds: list[S.Condition], pool_conds: list[S.Condition], rng: random.Random, start: int) -> list[dict]:

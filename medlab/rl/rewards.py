@@ -292,7 +292,8 @@ REWARDS: dict[str, RewardFn] = {
 
 def load_reward(target: str | RewardFn, /, **kwargs: Any) -> RewardFn:
     """A reward function from a short name (:data:`REWARDS`), a dotted path ``"pkg.module.fn"`` (the
-    ``_target_`` of a config entry) or a callable; extra ``kwargs`` are bound with ``functools.partial``."""
+    ``_target_`` of a config entry) or a callable; extra ``kwargs`` are bound (they take precedence over
+    row fields of the same name)."""
     fn: Any = target
     if isinstance(target, str) and target in REWARDS:
         fn = REWARDS[target]
@@ -306,7 +307,19 @@ def load_reward(target: str | RewardFn, /, **kwargs: Any) -> RewardFn:
             raise ValueError(f"cannot load reward function {target!r}: {e}") from e
     if not callable(fn):
         raise TypeError(f"reward {target!r} is not callable")
-    return functools.partial(fn, **kwargs) if kwargs else fn
+    return _bind(fn, kwargs) if kwargs else fn
+
+
+def _bind(fn: RewardFn, options: dict[str, Any]) -> RewardFn:
+    """``fn`` with config ``options`` bound. Unlike ``functools.partial``, the options win over row fields of
+    the same name (a data column called ``kind`` or ``target`` must not replace a reward's setting)."""
+
+    @functools.wraps(fn)
+    def bound(prompts: list, completions: list, **fields: Any) -> list:
+        return fn(prompts, completions, **{**fields, **options})
+
+    bound.options = dict(options)  # type: ignore[attr-defined]
+    return bound
 
 
 def _as_value(v: Any) -> float:
@@ -382,7 +395,7 @@ class RewardSet:
 
     ``RewardSet.from_config({"acc": {"_target_": "exact_match", "weight": 1.0}, "fmt": {"_target_":
     "format", "weight": 0.2, "kind": "answer"}, "mine": {"_target_": "my_pkg.rewards.fn", "k": 3}})``:
-    every other key of an entry is bound to the function with ``functools.partial``.
+    every other key of an entry is bound to the function (and wins over a row field of the same name).
     """
 
     def __init__(self, fns: Mapping[str, RewardFn | tuple[RewardFn, float]]):
