@@ -343,3 +343,13 @@ def test_cross_encoder_collate_with_the_decoder_tokenizer(tmp_path, project_tok)
     data.pair_template = "{query} || {doc}"
     pairs = data.collate(data.train_dataset)["pairs"]
     assert project_tok.decode(pairs["input_ids"][0, : _real_len(pairs)[0] - 1]) == "Q: fever || infection"
+
+
+def test_a_nan_score_is_a_bad_row():
+    """An empty cell of a parquet/csv score column arrives as NaN: reported, not turned into a NaN grade."""
+    errors = R.RowErrors()
+    mapped = {"query": "q", "doc": "d", "score": "s", "label": "l"}
+    units = R.normalize_rows([{"q": "x", "d": "y", "s": float("nan"), "l": 1}], mapped, "triples", path="f.parquet",
+                             errors=errors)
+    assert units == [] and errors.items == ["f.parquet: row 1: field 's': score is missing (NaN)"]
+    assert dict(errors.counts) == {"bad_score": 1}
