@@ -142,7 +142,8 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
     lcfg.num_workers = getattr(data, "num_workers", 0)
     loop = Loop(fabric, lcfg, run_dir)
     result = loop.fit(module, data.train_dataset, data.collate, batch_size=data.batch_size,
-                      val_data=data.val_dataset, val_batch_size=data.val_batch_size, resume=resume)
+                      val_data=data.val_dataset, val_batch_size=data.val_batch_size, resume=resume,
+                      lengths=data.lengths() if getattr(data, "group_by_length", False) else None)
 
     export_dir = None
     if cfg.export.enabled and result.status != "interrupted" and fabric.is_global_zero:

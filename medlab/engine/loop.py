@@ -219,12 +219,12 @@ class Loop:
 
     # ------------------------------------------------------------------ fit
     def fit(self, module, train_data, collate: Callable, *, batch_size: int, val_data=None,
-            val_batch_size: int | None = None, resume: Path | None = None) -> FitResult:
+            val_batch_size: int | None = None, resume: Path | None = None, lengths=None) -> FitResult:
         fabric, cfg = self.fabric, self.cfg
         self.module, self.train_data, self.val_data, self.collate = module, train_data, val_data, collate
         self.train_sampler = ResumableBatchSampler(
             len(train_data), batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-            rank=fabric.global_rank, world_size=fabric.world_size)
+            rank=fabric.global_rank, world_size=fabric.world_size, lengths=lengths)
         self.val_sampler = None
         if val_data is not None and len(val_data) > 0:
             # Sharded strategies need every rank to run the same number of forwards, so they pad by

@@ -49,6 +49,7 @@ class RetrievalData:
         image_root: directory relative image paths are resolved against (default: the data file's directory).
         on_bad_row: ``error`` (raise, listing every bad row with file/row/field) or ``skip`` (drop, counted).
         limit / val_limit: first N rows only (smoke tests).
+        group_by_length: batch examples of similar length together (less padding; batch order stays random).
     """
 
     def __init__(self, path: Any, val_path: Any = None, *, task: str = "bi_encoder", format: str = "auto",
@@ -59,7 +60,7 @@ class RetrievalData:
                  pair_template: str | None = None, image_root: str | None = None, val_split: float = 0.0,
                  on_bad_row: str = "error", batch_size: int = 32, val_batch_size: int | None = None,
                  num_workers: int = 0, limit: int | None = None, val_limit: int | None = None, seed: int = 0,
-                 cache_dir: str | None = None):
+                 group_by_length: bool = False, cache_dir: str | None = None):
         self.paths = as_path_list(path) if path else []
         self.val_paths = as_path_list(val_path) if val_path else []
         self.task, self.format, self.fields = task, format, dict(fields or {})
@@ -71,6 +72,7 @@ class RetrievalData:
         self.val_split, self.on_bad_row, self.seed = val_split, on_bad_row, seed
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.limit, self.val_limit = num_workers, limit, val_limit
+        self.group_by_length = group_by_length
         self.train_dataset: list[dict] = []
         self.val_dataset: list[dict] | None = None
         self.tokenizer: Any = None
@@ -188,6 +190,15 @@ class RetrievalData:
         for i, e in enumerate(examples):
             e["id"] = i
         return examples
+
+    def lengths(self) -> list[int]:
+        """A length proxy per training example (characters of its texts), for length-grouped batching."""
+        out = []
+        for e in self.train_dataset:
+            texts = [e["query"]] + ([e["positive"], *e["negatives"]] if "positive" in e
+                                    else list(e["docs"]) if "docs" in e else [e["doc"]])
+            out.append(sum(len(t or "") for t in texts))
+        return out
 
     # ----------------------------------------------------------------------------------- batches
     def collate(self, examples: Sequence[dict]) -> dict:
