@@ -122,6 +122,15 @@ def test_num_negatives(tmp_path, k, expected, dropped):
     assert [e["id"] for e in data.train_dataset] == list(range(len(expected)))
 
 
+def test_validation_keeps_queries_with_too_few_negatives(tmp_path):
+    """Validation ranks the whole corpus: a val query short of hard negatives is kept (without negatives)."""
+    val = _write(tmp_path / "val.jsonl", NEG_ROWS)
+    data, counts = _setup(tmp_path, NEG_ROWS[:2], num_negatives=2, val_path=val)
+    assert [e["negatives"] for e in data.train_dataset] == [["n0a", "n0b"], ["n1a", "n1b"]]
+    assert [(e["query"], e["negatives"]) for e in data.val_dataset] == [("q0", []), ("q1", []), ("q2", [])]
+    assert counts["val/examples"] == 3
+
+
 def test_groups_give_one_example_per_positive(tmp_path):
     rows = [{"query": "q0", "positive": ["a", "b"], "negatives": ["n"]},
             {"query": "q1", "positive": "c", "negatives": ["m"]}]

@@ -26,6 +26,15 @@ from medlab.retrieval.pooling import embed, pool
 TEMPERATURE = 0.05
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: several times faster than two on a shared 2-core machine (see test_gradcache)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tok():
     from transformers import AutoTokenizer
@@ -184,8 +193,8 @@ def test_duplicate_positive_is_not_penalized(tmp_path, tok):
     ids = batch["doc_ids"].tolist()
     assert masked == pytest.approx(_hand_masked_loss(q, d, ids[: len(q)], ids), abs=1e-5)
     assert unmasked == pytest.approx(_hand_masked_loss(q, d, list(range(len(q))), list(range(len(d)))), abs=1e-5)
-    # the duplicate is the positive itself (same embedding): leaving it in costs log 2 on each of the two rows
-    assert unmasked > masked + 0.1
+    # the duplicate has the positive's own score: leaving it in as a negative only adds to the loss
+    assert unmasked > masked + 1e-3
 
 
 def test_a_hard_negative_equal_to_the_positive_is_masked(tmp_path, tok):
@@ -225,8 +234,8 @@ def test_learnable_temperature_gets_a_gradient(tmp_path, tok, gradcache):
 
 
 def _fit(tmp_path, module, data, **cfg):
-    base = dict(max_steps=3, log_every_n_steps=1, gradient_clip_val=None, progress_bar=False, seed=0,
-                save_final_checkpoint=False, handle_signals=False)
+    base = {"max_steps": 3, "log_every_n_steps": 1, "gradient_clip_val": None, "progress_bar": False, "seed": 0,
+            "save_final_checkpoint": False, "handle_signals": False}
     base.update(cfg)
     loop = Loop(cpu_fabric(), LoopConfig(**base), tmp_path)
     loop.fit(module, data.train_dataset, data.collate, batch_size=6)
@@ -261,6 +270,11 @@ def test_bi_encoder_step_changes_every_used_parameter(tmp_path, tok):
     module.training_step(data.collate(data.train_dataset), 0)["loss"].backward()
     used = {n for n, p in module.named_parameters() if p.grad is not None}
     opt.step()
+    # BERT's pooler output is never used (the bi-encoder pools last_hidden_state): frozen, so DDP's reducer
+    # does not wait for gradients that never come
+    pooler = {n for n, _ in module.named_parameters() if ".pooler." in n}
+    assert pooler and all(not p.requires_grad for n, p in module.named_parameters() if n in pooler)
+    assert used == {n for n, p in module.named_parameters() if p.requires_grad}
     assert any("encoder.layer.1" in n for n in used) and any("embeddings" in n for n in used)
     for n, p in module.named_parameters():
         if n in used and "word_embeddings" not in n:  # rows of unused tokens have a zero gradient
@@ -310,14 +324,11 @@ def test_cross_encoder_listwise_equals_softmax_ce_with_target_0(tmp_path, tok):
     logits = module.score(batch["pairs"]).view(-1, 3)
     reference = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
     assert abs(loss.item() - reference.item()) < 1e-6
-    with pytest.raises(ValueError, match="group_size"):
-        module.training_step(_ce_data(tmp_path, tok).collate(RERANK_EXAMPLES(tmp_path, tok)), 0)
+    pointwise = _ce_data(tmp_path, tok)
+    with pytest.raises(ValueError, match="group_size"):  # listwise needs groups
+        module.training_step(pointwise.collate(pointwise.train_dataset[:3]), 0)
     with pytest.raises(ValueError, match="objective.loss"):
         CrossEncoder(tiny_bert(len(tok), cls_head=True), loss="hinge")
-
-
-def RERANK_EXAMPLES(tmp_path, tok):  # noqa: N802 - pointwise examples for the error case above
-    return _ce_data(tmp_path, tok).train_dataset[:3]
 
 
 # ---------------------------------------------------------------------------------------------- validation metrics
@@ -388,11 +399,14 @@ def _lora(model, task_type):
         model, task_type=task_type)
 
 
-def _step_and_diff(module, batch):
+def _step_and_diff(module, batch, steps=2):
+    """Changed or not after ``steps`` optimizer steps (LoRA's B starts at 0, so A moves from step 2 on)."""
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     opt = module.configure_optimizers()["optimizer"]
-    module.training_step(batch, 0)["loss"].backward()
-    opt.step()
+    for _ in range(steps):
+        opt.zero_grad()
+        module.training_step(batch, 0)["loss"].backward()
+        opt.step()
     return {n: not torch.equal(p, before[n]) for n, p in module.named_parameters()}
 
 

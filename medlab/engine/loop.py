@@ -126,8 +126,10 @@ class Loop:
 
     # ------------------------------------------------------------------ hooks
     def _hook(self, name: str, *args: Any) -> None:
+        # fabric.setup_module registers a LightningModule as a Fabric callback: fabric.call then reaches it, so
+        # call it directly only while it is not registered (hooks before setup), never twice.
         fn = getattr(self.module, name, None)
-        if callable(fn):
+        if callable(fn) and self.module not in getattr(self.fabric, "_callbacks", ()):
             fn(*args)
         self.fabric.call(name, *args)
 
@@ -404,7 +406,7 @@ class Loop:
         if fabric.world_size > 1:
             keys = fabric.broadcast(keys, src=0)
             is_max = [("max" in k.rsplit("/", 1)[-1]) for k in keys]
-            t = torch.tensor([values.get(k, math.nan) for k in keys], device=fabric.device, dtype=torch.float64)
+            t = torch.tensor([values.get(k, math.nan) for k in keys], device=fabric.device, dtype=torch.float32)
             summed = fabric.all_reduce(torch.where(torch.tensor(is_max, device=t.device), 0.0, t), reduce_op="sum")
             maxed = fabric.all_reduce(torch.where(torch.tensor(is_max, device=t.device), t, -math.inf), reduce_op="max")
             out = [m if mx else s / fabric.world_size for s, m, mx in zip(summed.tolist(), maxed.tolist(), is_max)]

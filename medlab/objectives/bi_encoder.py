@@ -40,6 +40,7 @@ class BiEncoder(L.LightningModule):
         if not temperature > 0:
             raise ValueError(f"objective.temperature must be > 0, got {temperature}")
         self.model, self.tokenizer = model, tokenizer
+        _freeze_unused_pooler(model)
         self.pooling, self.normalize, self.symmetric = pooling, normalize, symmetric
         self.mask_false_negatives, self.cross_rank_negatives = mask_false_negatives, cross_rank_negatives
         self.gradcache_chunk_size, self.eval_ks = gradcache_chunk_size, tuple(eval_ks)
@@ -157,6 +158,16 @@ class BiEncoder(L.LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
         return self.optim.build(self.named_parameters(), self.estimated_stepping_batches)
+
+
+def _freeze_unused_pooler(model: torch.nn.Module) -> None:
+    """BERT-family backbones also compute a ``pooler`` output ([CLS] -> dense -> tanh) that the bi-encoder never
+    uses (it pools ``last_hidden_state``): those parameters would get no gradient, which DDP's reducer rejects at
+    the next step ("Expected to have finished reduction in the prior iteration"). They are frozen instead."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    pooler = getattr(base, "pooler", None)
+    if isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
 
 
 def _gather_plain(t: torch.Tensor) -> torch.Tensor:
