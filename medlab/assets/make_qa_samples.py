@@ -18,7 +18,6 @@ few drugs and labs with different distractors. Synthetic, for tests and demos, n
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path

@@ -226,6 +226,38 @@ def _check_retrieval(cfg: DictConfig) -> list[str]:
     return out
 
 
+def _check_rl(cfg: DictConfig) -> list[str]:
+    """GRPO: prompt data, rewards that load, a group of at least two completions."""
+    if not str(_get(cfg, "objective._target_") or "").endswith("GRPOPolicy"):
+        return []
+    out = []
+    data_target = str(_get(cfg, "data._target_") or "")
+    if not data_target.endswith("PromptData"):
+        out.append(f"objective=grpo needs prompt data (data=sample_qa, medqa_usmle, pubmedqa, cmmlu_medical or a "
+                   f"config with _target_: medlab.rl.data.PromptData), got data._target_={data_target!r}")
+    rewards = _get(cfg, "objective.rewards")
+    if not rewards:
+        out.append("objective.rewards is empty: configure at least one reward, e.g. "
+                   "+objective.rewards.accuracy={_target_: exact_match, weight: 1.0}")
+    else:
+        from medlab.rl.rewards import RewardSet
+
+        try:
+            RewardSet.from_config(OmegaConf.to_container(rewards, resolve=True))
+        except Exception as e:  # unknown name, bad dotted path, not callable
+            out.append(f"objective.rewards: {_short(e)}")
+    g = _get(cfg, "objective.num_generations")
+    if not (isinstance(g, int) and g >= 2):
+        out.append(f"objective.num_generations must be an integer >= 2 (a group), got {g!r}")
+    mu = _get(cfg, "objective.num_iterations")
+    if not (isinstance(mu, int) and mu >= 1):
+        out.append(f"objective.num_iterations must be an integer >= 1, got {mu!r}")
+    if str(_get(cfg, "strategy.name")) in ("fsdp", "deepspeed_stage_3"):
+        out.append("objective=grpo generates with the training model, whose weights FSDP / DeepSpeed ZeRO-3 shard: "
+                   "use strategy=ddp or strategy=single")
+    return out
+
+
 def _check_loggers(cfg: DictConfig) -> list[str]:
     out = []
     for name, lcfg in (cfg.get("logger") or {}).items():
@@ -260,7 +292,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     problems = _check_missing(cfg)
     checks: list[Callable[[], list[str]]] = [
         lambda: _check_trainer(cfg), lambda: _check_strategy(cfg), lambda: _check_objective(cfg),
-        lambda: _check_retrieval(cfg),
+        lambda: _check_retrieval(cfg), lambda: _check_rl(cfg),
         lambda: _check_loggers(cfg), lambda: _check_secrets(cfg),
     ]
     for check in checks:

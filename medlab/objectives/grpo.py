@@ -29,8 +29,9 @@ Validation generates greedy answers for the validation prompts: ``val/reward`` (
 Per-step metrics (``step_metrics``, logged by the loop as ``train/<key>`` at log points, averaged over the
 steps since the last one): ``reward``, ``reward_std``, ``rewards/<name>/{mean,std,failures}``,
 ``reward_masked``, ``frac_reward_zero_std``, ``adv/{mean,std,abs_mean}``, ``kl``, ``clip_ratio/*``,
-``completions/{mean_length,max_length,truncated_frac}``, ``time/{generate_s,score_s,logprob_s,update_s}``,
-``rollout/tokens_per_s``.
+``completions/{mean_length,max_length,truncated_frac}``, ``time/{generate_s,score_s,logprob_s}`` (per experience:
+sampling, rewards, old/reference log-probs), ``time/update_s`` (per optimizer step: forward, backward, clipping)
+and ``rollout/tokens_per_s`` (completion tokens per second of generation).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class GRPOPolicy(L.LightningModule):
         self._exp_stats: list[dict[str, float]] = []
         self._train_sums: dict[str, torch.Tensor] = {}
         self._train_count = 0
-        self._update_s = 0.0
+        self._update_s, self._update_steps = 0.0, 0
         self._step_t0: float | None = None
 
     # ------------------------------------------------------------------ reference policy
@@ -225,6 +226,7 @@ class GRPOPolicy(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self._step_t0 is not None:  # forward + backward + clipping of this step (after the step's host sync)
             self._update_s += time.perf_counter() - self._step_t0
+            self._update_steps += 1
             self._step_t0 = None
 
     def step_metrics(self) -> dict[str, float]:
@@ -238,8 +240,10 @@ class GRPOPolicy(L.LightningModule):
                 out[k] = agg(vals) if vals else math.nan
         if self._train_count:
             out.update({k: float(v) / self._train_count for k, v in self._train_sums.items()})
-        out["time/update_s"] = self._update_s / max(len(self._exp_stats) * self.num_iterations, 1)
-        self._exp_stats, self._train_sums, self._train_count, self._update_s = [], {}, 0, 0.0
+        if self._update_steps:
+            out["time/update_s"] = self._update_s / self._update_steps
+        self._exp_stats, self._train_sums, self._train_count = [], {}, 0
+        self._update_s, self._update_steps = 0.0, 0
         return out
 
     # ------------------------------------------------------------------ validation

@@ -1,9 +1,19 @@
-"""Reinforcement learning (GRPO) building blocks: group advantages, the clipped policy loss, reward functions.
+"""Reinforcement learning (GRPO) building blocks: group advantages, the clipped policy loss, reward functions,
+rollout generation and reference log-probs, multi-turn tool rollouts, prompt data and QA evaluation.
 
-All pure functions on tensors / lists of strings; the trainer-side objective composes them.
+The maths are pure functions on tensors / lists of strings; the trainer-side objective
+(`medlab.objectives.grpo.GRPOPolicy`) composes them.
 """
 
 from medlab.rl.advantages import group_advantages
+from medlab.rl.data import PromptData
+from medlab.rl.generation import (
+    GenerationEngine,
+    HFGenerateEngine,
+    Rollout,
+    reference_logprobs,
+    sequence_logprobs,
+)
 from medlab.rl.losses import grpo_loss, masked_mean, masked_sum, token_logprobs
 from medlab.rl.rewards import (
     REWARDS,
@@ -17,10 +27,18 @@ from medlab.rl.rewards import (
     retrieval_relevance,
     token_f1,
 )
+from medlab.rl.tools import Tool, ToolRollout, collate_tool_rollouts, parse_tool_call, parse_tool_calls, run_tool_loop
 
 __all__ = [
     "REWARDS",
+    "GenerationEngine",
+    "HFGenerateEngine",
+    "PromptData",
     "RewardSet",
+    "Rollout",
+    "Tool",
+    "ToolRollout",
+    "collate_tool_rollouts",
     "combine_rewards",
     "exact_match",
     "format_reward",
@@ -31,7 +49,12 @@ __all__ = [
     "load_reward",
     "masked_mean",
     "masked_sum",
+    "parse_tool_call",
+    "parse_tool_calls",
+    "reference_logprobs",
     "retrieval_relevance",
+    "run_tool_loop",
+    "sequence_logprobs",
     "token_f1",
     "token_logprobs",
 ]

@@ -169,7 +169,8 @@ class PromptData:
         limit / val_limit: first N rows only.
     """
 
-    def __init__(self, path: Any, val_path: Any = None, *, val_split: float = 0.0, fields: Mapping[str, str] | None = None,
+    def __init__(self, path: Any, val_path: Any = None, *, val_split: float = 0.0,
+                 fields: Mapping[str, str] | None = None,
                  template: str = "chatml", system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                  question_template: str = DEFAULT_QUESTION_TEMPLATE, contexts_in_prompt: bool = False,
                  max_contexts: int | None = None, max_prompt_length: int = 512, on_bad_row: str = "error",
@@ -277,8 +278,9 @@ class PromptData:
             try:
                 out.append(self._row(rec, mapped, renamed, source, i))
             except RowProblem as e:
-                errors.append((e.field, f"{source} row {i + 1}: field {e.field!r} ({mapped.get(e.field, e.field)}): "
-                                        f"{e.reason}"))
+                column = mapped.get(e.field, e.field)
+                where = f"field {e.field!r}" + (f" (column {column!r})" if column != e.field else "")
+                errors.append((e.field, f"{source} row {i + 1}: {where}: {e.reason}"))
         counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
         if errors:
             if self.on_bad_row == "error":
@@ -308,8 +310,8 @@ class PromptData:
         """The chat prompt text of one normalized row (system prompt + user message + generation prompt)."""
         chat = chat or get_template(self.template, tokenizer)
         values = {k: v for k, v in row.items() if isinstance(v, (str, int, float))}
-        values.update(question=row["question"], options=format_options(row.get("options")),
-                      contexts=format_contexts(row.get("contexts"), self.max_contexts) if self.contexts_in_prompt else "")
+        contexts = format_contexts(row.get("contexts"), self.max_contexts) if self.contexts_in_prompt else ""
+        values.update(question=row["question"], options=format_options(row.get("options")), contexts=contexts)
         try:
             user = self.question_template.format(**values)
         except KeyError as e:

@@ -53,7 +53,8 @@ class SearchIndex:
         if not self.passages:
             raise ValueError("SearchIndex needs at least one passage")
         if self.embeddings is None:
-            items = [(self.data.doc_prefix + p.text if p.text else "", p.image) for p in self.passages]
+            # an image passage is embedded as its image (text -> image search); its text (caption) is what is shown
+            items = [("" if p.image else self.data.doc_prefix + p.text, p.image) for p in self.passages]
             self.embeddings = self.encoder.embed_items(
                 self.data.encode(items[i : i + self.batch_size], self.data.max_length)
                 for i in range(0, len(items), self.batch_size))
