@@ -68,6 +68,7 @@ class GRPOPolicy(L.LightningModule):
                  epsilon_high: float | None = None, scale_rewards: str = "group", adv_eps: float = 1e-4,
                  loss_aggregation: str = "token", micro_batch_size: int | None = None,
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
+                 tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
                  task: str = "grpo", **optim):
         super().__init__()
         if tokenizer is None:
@@ -103,6 +104,11 @@ class GRPOPolicy(L.LightningModule):
         self.micro_batch_size, self.logprob_batch_size = micro_batch_size, logprob_batch_size
         self.val_max_new_tokens = val_max_new_tokens or max_new_tokens
         self.task = task
+        # agentic RAG: multi-turn rollouts with search tools (medlab.rl.agent); built in on_fit_start
+        self.tools_config = _plain(tools) if tools else None
+        self.max_turns, self.max_total_tokens = int(max_turns), max_total_tokens
+        self.tools: dict | None = None
+        self._passages: dict = {}
         self.optim = OptimSettings(**optim)
         self.engine = HFGenerateEngine(model, tokenizer)
         self.steps_per_experience = num_iterations  # the loop: one optimizer step per iteration
@@ -119,7 +125,14 @@ class GRPOPolicy(L.LightningModule):
     def uses_adapters(self) -> bool:
         return _find_peft(self.model) is not None
 
+    def build_tools(self) -> None:
+        if self.tools_config and self.tools is None:
+            from medlab.rl.agent import build_tools
+
+            self.tools, self._passages = build_tools(self.tools_config)
+
     def on_fit_start(self) -> None:
+        self.build_tools()
         if self.beta > 0 and not self.uses_adapters and self.ref_model is None:
             # Before the loop restores a checkpoint: the copy is the initial model, also on resume.
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -151,13 +164,18 @@ class GRPOPolicy(L.LightningModule):
         """A loader batch of prompts -> ``num_iterations`` windows over the same scored micro-batches."""
         G = self.num_generations
         self._step_t0 = None
+        agent_fields, agent_stats = {}, {}
         with self._autocast():
-            ro = self.engine.generate(batch["prompt_ids"], num_generations=G, max_new_tokens=self.max_new_tokens,
-                                      temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                      do_sample=True)
+            if self.tools:
+                ro, agent_fields, agent_stats = self._agent_rollouts(batch, G, do_sample=True)
+            else:
+                ro = self.engine.generate(batch["prompt_ids"], num_generations=G, max_new_tokens=self.max_new_tokens,
+                                          temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                          do_sample=True)
         t0 = time.perf_counter()
         prompts = [p for p in batch["prompts"] for _ in range(G)]
         fields = {k: [v for v in vals for _ in range(G)] for k, vals in batch["fields"].items()}
+        fields.update(agent_fields)
         total, per_fn, rstats = self.rewards(prompts, ro.texts, **fields)
         adv, astats = group_advantages(total, G, scale=self.scale_rewards, eps=self.adv_eps)
         score_s = time.perf_counter() - t0
@@ -177,7 +195,20 @@ class GRPOPolicy(L.LightningModule):
             micro.append(mb)
         logprob_s = time.perf_counter() - t0
         self._record_experience(ro, total, per_fn, rstats, adv, astats, score_s, logprob_s)
+        self._exp_stats[-1].update(agent_stats)
         return [micro for _ in range(self.num_iterations)]
+
+    def _agent_rollouts(self, batch: dict, G: int, do_sample: bool):
+        from medlab.rl.agent import agentic_rollouts
+
+        if not batch.get("messages") or batch["messages"][0] is None:
+            raise ValueError("objective.tools needs prompt data that keeps chat messages (medlab.rl.data.PromptData)")
+        gen = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample}
+        if do_sample:
+            gen.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return agentic_rollouts(self.engine, self.tokenizer, batch["messages"], self.tools, self._passages,
+                                num_generations=G, max_turns=self.max_turns, max_total_tokens=self.max_total_tokens,
+                                device=self.device, **gen)
 
     def _record_experience(self, ro, total, per_fn, rstats, adv, astats, score_s, logprob_s) -> None:
         lengths = ro.completion_lengths.float()
@@ -201,8 +232,9 @@ class GRPOPolicy(L.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         logps = self._logps(self.model, batch)
-        loss, stats = grpo_loss(logps, batch.get("old_logps"), batch.get("ref_logps"), batch["advantages"],
-                                batch["completion_mask"], eps_low=self.epsilon, eps_high=self.epsilon_high,
+        # tool rollouts: attention covers observations, the loss only the policy's own tokens
+        mask = batch.get("loss_mask", batch["completion_mask"])
+        loss, stats = grpo_loss(logps, batch.get("old_logps"), batch.get("ref_logps"), batch["advantages"], mask, eps_low=self.epsilon, eps_high=self.epsilon_high,
                                 beta=self.beta, aggregation=self.loss_aggregation,
                                 max_completion_length=self.max_new_tokens)
         for k in ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "ratio/mean"):
@@ -251,6 +283,8 @@ class GRPOPolicy(L.LightningModule):
     def answer(self, batch: dict, max_new_tokens: int | None = None):
         """Greedy completions (a :class:`~medlab.rl.generation.Rollout`) for a prompt batch (``PromptData.collate``)."""
         with self._autocast():
+            if self.tools:
+                return self._agent_rollouts(batch, 1, do_sample=False)[0]
             return self.engine.generate(batch["prompt_ids"], num_generations=1, do_sample=False,
                                         max_new_tokens=max_new_tokens or self.val_max_new_tokens)
 
@@ -285,11 +319,16 @@ def _micro_batch(ro, adv: torch.Tensor, ids: list, s: int, e: int) -> dict:
     pm, cm = ro.prompt_mask[s:e], ro.completion_mask[s:e]
     first = int(pm.any(0).long().argmax()) if pm.shape[1] else 0  # first prompt column any row uses
     c_len = int(ro.completion_lengths[s:e].max()) if e > s else 0
+    loss_mask = getattr(ro, "loss_mask", None)
     n_tokens = int(cm.sum())
-    return {
+    extra = {}
+    if loss_mask is not None:  # agentic rollouts: observations are attended to but not trained on
+        extra["loss_mask"] = loss_mask[s:e, :c_len]
+    return {**extra,
         "prompt_ids": ro.prompt_ids[s:e, first:], "prompt_mask": pm[:, first:],
         "completion_ids": ro.completion_ids[s:e, :c_len], "completion_mask": cm[:, :c_len],
-        "advantages": adv[s:e], "ids": ids[s:e], "num_sequences": e - s, "num_completion_tokens": n_tokens,
+        "advantages": adv[s:e], "ids": ids[s:e], "num_sequences": e - s,
+        "num_completion_tokens": int(extra["loss_mask"].sum()) if extra else n_tokens,
         "num_tokens": int(pm.sum()) + n_tokens,
     }
 

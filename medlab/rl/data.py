@@ -316,9 +316,17 @@ class PromptData:
             user = self.question_template.format(**values)
         except KeyError as e:
             raise DataError(f"data.question_template uses {{{e.args[0]}}}, which {row.get('source')} lacks") from None
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-        messages.append({"role": "user", "content": user})
-        return chat.render(messages, add_generation_prompt=True)
+        return chat.render(self.messages(row, user), add_generation_prompt=True)
+
+    def messages(self, row: Mapping[str, Any], user: str | None = None) -> list[dict]:
+        """The chat messages of one row (system prompt + user turn): what multi-turn tool rollouts start from."""
+        if user is None:
+            values = {k: v for k, v in row.items() if isinstance(v, (str, int, float))}
+            contexts = format_contexts(row.get("contexts"), self.max_contexts) if self.contexts_in_prompt else ""
+            values.update(question=row["question"], options=format_options(row.get("options")), contexts=contexts)
+            user = self.question_template.format(**values)
+        out = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return out + [{"role": "user", "content": user}]
 
     def _examples(self, rows: list[dict], tokenizer: Any, chat, counts: dict, split: str) -> list[dict]:
         out = []
@@ -328,7 +336,7 @@ class PromptData:
             if len(ids) > self.max_prompt_length:
                 counts[f"{split}/dropped_too_long"] = counts.get(f"{split}/dropped_too_long", 0) + 1
                 continue
-            out.append({"id": len(out), "prompt": text, "prompt_ids": ids, "fields": row})
+            out.append({"id": len(out), "prompt": text, "prompt_ids": ids, "fields": row, "messages": self.messages(row)})
         if counts.get(f"{split}/dropped_too_long"):
             log.warning("%s: dropped %d prompt(s) longer than data.max_prompt_length=%d", split,
                         counts[f"{split}/dropped_too_long"], self.max_prompt_length)
@@ -361,6 +369,7 @@ def collate_prompts(examples: Sequence[dict], pad_id: int) -> dict:
     fields = {k: [e["fields"].get(k) for e in examples] for k in keys}
     return {"input_ids": ids, "attention_mask": mask, "prompt_ids": prompt_ids,
             "prompts": [e["prompt"] for e in examples], "fields": fields, "ids": [e["id"] for e in examples],
+            "messages": [e.get("messages") for e in examples],
             "num_tokens": int(mask.sum())}
 
 
