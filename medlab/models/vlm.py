@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medlab.models.backbone import _plain
+
 #: Qwen2-VL's special tokens, added to the shipped tokenizer in this order (ids = len(base tokenizer) + i).
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 POOLING = ("last_token", "mean")
@@ -66,18 +68,6 @@ _LAYOUT_VERSION = 1  # bump when the saved layout changes (part of the cache key
 
 def _asset_tokenizer() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain python (configs arrive from Hydra)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def _merge(base: dict, override: dict) -> dict:
