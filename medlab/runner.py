@@ -127,6 +127,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
 
     fabric.seed_everything(cfg.trainer.seed)
     model, tokenizer, adapter = build_model(cfg, fabric)
+    _speed_switches(model, cfg.trainer)  # training only: inference loads through build_model without them
     from medlab.models.adapters import count_parameters
 
     trainable, total = count_parameters(model)
@@ -194,6 +195,15 @@ def build_model(cfg: DictConfig, fabric=None):
     with fabric.rank_zero_first() if fabric is not None else nullcontext():  # tiny/converted models: written once
         model, tokenizer = load_model(quantization_config=adapter.quantization_config(), **extra)
     return adapter.apply(model, task_type=peft_task), tokenizer, adapter
+
+
+def _speed_switches(model, t: DictConfig) -> None:
+    """``trainer.activation_checkpointing`` / ``trainer.compile`` (medlab.models.speed), in place."""
+    from medlab.models.speed import apply_activation_checkpointing, compile_model
+
+    apply_activation_checkpointing(model, t.get("activation_checkpointing", False), bool(t.get("activation_offload")))
+    if t.get("compile"):
+        compile_model(model, mode=t.get("compile_mode"), backend=t.get("compile_backend") or "inductor")
 
 
 def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -70,6 +70,17 @@ def _check_trainer(cfg: DictConfig) -> list[str]:
     monitor = _get(t, "monitor")
     if monitor and not str(monitor).startswith(("val/", "train/")):
         out.append(f"trainer.monitor={monitor!r}: metric keys look like val/loss or train/loss")
+    ac = _get(t, "activation_checkpointing")
+    if ac is not None and not isinstance(ac, bool) and not (isinstance(ac, int) and ac >= 1):
+        out.append(f"trainer.activation_checkpointing must be true, false or an integer k >= 1 (every k-th block), "
+                   f"got {ac!r}")
+    for key in ("compile", "activation_offload"):
+        v = _get(t, key)
+        if v is not None and not isinstance(v, bool):
+            out.append(f"trainer.{key} must be true or false, got {v!r}")
+    if _get(t, "compile_mode") not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        out.append(f"trainer.compile_mode={_get(t, 'compile_mode')!r} is not one of null, default, reduce-overhead, "
+                   "max-autotune, max-autotune-no-cudagraphs")
     resume = _get(t, "resume")
     if resume not in (None, "", "null", "auto") and not Path(str(resume)).expanduser().exists():
         out.append(f"trainer.resume={resume!r}: no such checkpoint or run directory")
@@ -176,6 +187,12 @@ def _check_objective(cfg: DictConfig) -> list[str]:
     mode = _get(o, "mode")
     if mode is not None and mode not in ("sft", "cpt"):
         out.append(f"objective.mode={mode!r} is not one of sft, cpt")
+    impl = _get(o, "loss_impl")
+    if impl is not None and impl not in ("chunked", "full", "liger"):
+        out.append(f"objective.loss_impl={impl!r} is not one of chunked, full, liger")
+    chunk = _get(o, "loss_chunk_size")
+    if chunk is not None and not (isinstance(chunk, int) and chunk >= 1):
+        out.append(f"objective.loss_chunk_size must be null or an integer >= 1, got {chunk!r}")
     return out
 
 

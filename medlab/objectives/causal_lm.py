@@ -6,25 +6,33 @@ data pipeline (every token for CPT; assistant turns + EOS for SFT).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
 import torch
 
-from medlab import losses
+from medlab import linear_ce, losses
 from medlab.optim import build_adamw, build_scheduler
 
 MODES = ("cpt", "sft")
+LOSS_IMPLS = ("chunked", "full", "liger")
+log = logging.getLogger("medlab")
 
 
 class CausalLM(L.LightningModule):
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, mode: str = "sft", lr: float = 2e-4,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
                  scheduler: str = "cosine", warmup_steps: int = 0, warmup_ratio: float = 0.0,
-                 min_lr_ratio: float = 0.1, fused_adamw: bool | None = None):
+                 min_lr_ratio: float = 0.1, fused_adamw: bool | None = None, loss_impl: str = "chunked",
+                 loss_chunk_size: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"objective.mode={mode!r}; expected one of {MODES}")
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"objective.loss_impl={loss_impl!r}; expected one of {LOSS_IMPLS}")
+        self.loss_impl, self.loss_chunk_size = loss_impl, loss_chunk_size
+        self._fallback_logged = False
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.scheduler_kind, self.warmup_steps, self.warmup_ratio = scheduler, warmup_steps, warmup_ratio
@@ -37,12 +45,51 @@ class CausalLM(L.LightningModule):
         return out.logits
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"loss": losses.causal_lm_loss(self(batch), batch["labels"])}
+        parts = self._head_parts()
+        if parts is None:
+            return {"loss": losses.causal_lm_loss(self(batch), batch["labels"])}
+        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"])
+        count = (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
+        if self.loss_impl == "liger":
+            nll_sum = _liger_loss()(parts.head.weight, rows, targets, parts.head.bias)
+        else:
+            nll_sum = linear_ce.linear_cross_entropy(rows, parts.head.weight, targets, parts.head.bias,
+                                                     self.loss_chunk_size)
+        return {"loss": nll_sum / count}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        logits = self(batch)
-        return {"loss": losses.causal_lm_loss(logits, batch["labels"]),
-                "token_acc": losses.token_accuracy(logits, batch["labels"])}
+        parts = self._head_parts()
+        if parts is None:
+            logits = self(batch)
+            return {"loss": losses.causal_lm_loss(logits, batch["labels"]),
+                    "token_acc": losses.token_accuracy(logits, batch["labels"])}
+        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"])
+        count = (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
+        nll, hits = linear_ce.linear_cross_entropy_stats(rows, parts.head.weight, targets, parts.head.bias,
+                                                         self.loss_chunk_size)
+        return {"loss": nll / count, "token_acc": hits.float() / count}
+
+    # ------------------------------------------------------------------ the loss path
+    def _head_parts(self) -> linear_ce.LMHeadParts | None:
+        """Decoder + lm_head for the chunked/fused loss, or None for the plain full-logits path."""
+        if self.loss_impl == "full":
+            return None
+        parts, reason = linear_ce.lm_head_parts(self.model)
+        if parts is not None and parts.head.weight.dim() == 2 and parts.head.weight.numel() > 0:
+            return parts
+        if parts is not None:  # e.g. DeepSpeed ZeRO-3 holds the head weight partitioned outside its forward
+            reason = "the lm_head weight is partitioned"
+        if self.loss_impl == "liger":
+            raise ValueError(f"objective.loss_impl=liger cannot be used with this model: {reason}")
+        if not self._fallback_logged:
+            log.warning("objective.loss_impl=%s: %s; using the full-logits loss", self.loss_impl, reason)
+            self._fallback_logged = True
+        return None
+
+    def _hidden(self, parts: linear_ce.LMHeadParts, batch: dict) -> torch.Tensor:
+        out = parts.decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                            position_ids=batch.get("position_ids"), use_cache=False)
+        return out[0]
 
     def validation_metrics(self, metrics: dict) -> dict:
         if "val/loss" in metrics:
@@ -61,6 +108,12 @@ class CausalLM(L.LightningModule):
         n = sum(p.numel() for name, p in self.model.named_parameters() if "embed" not in name)
         return 6.0 * n
 
+    def on_fit_start(self) -> None:
+        if self.loss_impl == "liger":
+            _liger_loss()  # fail before the first step, with the reason
+            if self.device.type != "cuda":
+                raise ValueError("objective.loss_impl=liger runs Triton kernels on a CUDA GPU; use chunked here")
+
     def configure_optimizers(self):
         opt = build_adamw(self.model.named_parameters(), lr=self.lr, weight_decay=self.weight_decay,
                           betas=self.betas, eps=self.eps, fused=self.fused_adamw)
@@ -68,3 +121,13 @@ class CausalLM(L.LightningModule):
                                 warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio,
                                 min_lr_ratio=self.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _liger_loss():
+    """Liger's fused linear cross-entropy (Triton, CUDA only), summed over label tokens."""
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    except ImportError as e:
+        raise ImportError("objective.loss_impl=liger needs `pip install liger-kernel` (CUDA); "
+                          "objective.loss_impl=chunked is the built-in equivalent") from e
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=linear_ce.IGNORE_INDEX, reduction="sum")
