@@ -49,6 +49,7 @@ import torch
 
 from medlab.objectives.common import OptimSettings
 from medlab.rl.advantages import SCALES, group_advantages
+from medlab.rl.decode import KVCacheEngine
 from medlab.rl.generation import HFGenerateEngine, _find_peft, eval_mode, sequence_logprobs
 from medlab.rl.losses import AGGREGATIONS, grpo_loss
 from medlab.rl.rewards import RewardSet, exact_match, format_reward
@@ -69,7 +70,7 @@ class GRPOPolicy(L.LightningModule):
                  loss_aggregation: str = "token", micro_batch_size: int | None = None,
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
                  tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
-                 task: str = "grpo", **optim):
+                 engine: str = "medlab", engine_check_every: int = 16, task: str = "grpo", **optim):
         super().__init__()
         if tokenizer is None:
             raise ValueError("GRPOPolicy needs the tokenizer (generation and decoding)")
@@ -110,7 +111,11 @@ class GRPOPolicy(L.LightningModule):
         self.tools: dict | None = None
         self._passages: dict = {}
         self.optim = OptimSettings(**optim)
-        self.engine = HFGenerateEngine(model, tokenizer)
+        if engine not in ("medlab", "hf"):
+            raise ValueError(f"objective.engine={engine!r}; expected medlab (KV-cache loop, no per-token host sync) "
+                             "or hf (transformers generate)")
+        self.engine = (KVCacheEngine(model, tokenizer, check_every=engine_check_every) if engine == "medlab"
+                       else HFGenerateEngine(model, tokenizer))
         self.steps_per_experience = num_iterations  # the loop: one optimizer step per iteration
         self.estimated_stepping_batches = 1
         self.ref_model: torch.nn.Module | None = None
