@@ -68,7 +68,16 @@ def build_fabric(cfg: DictConfig, callbacks: list | None = None):
     if accelerator == "auto" and not torch.cuda.is_available():
         accelerator = "cpu"
     return Fabric(accelerator=accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=strategy,
-                  precision=str(s.precision), loggers=loggers, callbacks=callbacks)
+                  precision=resolve_precision(str(s.precision), accelerator), loggers=loggers, callbacks=callbacks)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 mixed precision on a GPU that supports bf16 (fp32 master weights and optimizer state, bf16
+    matmuls), fp32 everywhere else (bf16 autocast on CPU is slower than fp32 and changes the numbers)."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def _write_configs(cfg: DictConfig, run_dir: Path) -> None:

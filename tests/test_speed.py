@@ -102,3 +102,16 @@ def test_inductor_compile_same_losses(tmp_path):
     plain = medlab.run(medlab.compose("sft", FAST, run_dir=str(tmp_path / "plain")))
     compiled = medlab.run(medlab.compose("sft", FAST + ["trainer.compile=true"], run_dir=str(tmp_path / "c")))
     assert _losses(compiled) == pytest.approx(_losses(plain), abs=1e-4)
+
+
+def test_precision_auto_is_bf16_on_a_bf16_gpu_and_fp32_elsewhere(monkeypatch):
+    from medlab.runner import resolve_precision
+
+    assert resolve_precision("32-true", "cuda") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", "auto") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", "auto") == "bf16-mixed" and resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert resolve_precision("auto", "cuda") == "32-true"
