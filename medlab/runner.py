@@ -147,6 +147,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
     with fabric.rank_zero_first():  # rank 0 tokenizes and caches; the others read the cache
         data_counts = data.setup(tokenizer)  # logs kept/dropped counts by reason
     module = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
+    module.flops_seq_len = getattr(data, "max_length", None)  # the attention term of MFU (PaLM appendix B)
 
     lcfg = loop_config(cfg.trainer)
     lcfg.num_workers = getattr(data, "num_workers", 0)

@@ -115,3 +115,15 @@ def test_precision_auto_is_bf16_on_a_bf16_gpu_and_fp32_elsewhere(monkeypatch):
     assert resolve_precision("auto", "auto") == "bf16-mixed" and resolve_precision("auto", "cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
     assert resolve_precision("auto", "cuda") == "32-true"
+
+
+def test_flops_per_token_is_palm_formula():
+    from medlab.objectives.causal_lm import palm_flops_per_token
+
+    model = tiny_llama(vocab=512, hidden=32, layers=2)  # 4 heads of dim 8
+    module = CausalLM(model, mode="sft")
+    n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    assert module.flops_per_token() == 6 * n  # no sequence length known: no attention term
+    module.flops_seq_len = 256
+    assert module.flops_per_token() == 6 * n + 12 * 2 * 4 * 8 * 256
+    assert palm_flops_per_token(10, None, 128) == 60

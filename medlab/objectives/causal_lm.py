@@ -104,9 +104,11 @@ class CausalLM(L.LightningModule):
         return batch["num_tokens"]
 
     def flops_per_token(self) -> float:
-        """6N training FLOPs per token (PaLM appendix B without the attention term), N = non-embedding params."""
+        """Training FLOPs per token, PaLM appendix B: 6N + 12·L·H·Q·T (N = non-embedding parameters, L layers,
+        H heads, Q head dim, T = ``self.flops_seq_len``, the data's max length, set by the runner; without it the
+        attention term is left out). Under LoRA this is still the full model's count (the MFU convention)."""
         n = sum(p.numel() for name, p in self.model.named_parameters() if "embed" not in name)
-        return 6.0 * n
+        return palm_flops_per_token(n, getattr(self.model, "config", None), getattr(self, "flops_seq_len", None))
 
     def on_fit_start(self) -> None:
         if self.loss_impl == "liger":
@@ -131,3 +133,14 @@ def _liger_loss():
         raise ImportError("objective.loss_impl=liger needs `pip install liger-kernel` (CUDA); "
                           "objective.loss_impl=chunked is the built-in equivalent") from e
     return LigerFusedLinearCrossEntropyLoss(ignore_index=linear_ce.IGNORE_INDEX, reduction="sum")
+
+
+def palm_flops_per_token(non_embedding_params: int, config, seq_len: int | None) -> float:
+    """6N + 12·L·H·Q·T (PaLM, Chowdhery et al. 2022, appendix B); the attention term needs the config and T."""
+    flops = 6.0 * non_embedding_params
+    text = getattr(config, "text_config", None) or config
+    layers, heads = getattr(text, "num_hidden_layers", None), getattr(text, "num_attention_heads", None)
+    if seq_len and layers and heads:
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        flops += 12.0 * layers * heads * head_dim * seq_len
+    return flops
