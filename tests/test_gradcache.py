@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from medlab.retrieval import gradcache
-from medlab.retrieval.gradcache import cached_info_nce_backward
+from medlab.retrieval.gradcache import _trim_padding, cached_info_nce_backward
 from medlab.retrieval.losses import info_nce
 
 QUERIES = [
@@ -100,7 +100,7 @@ def _full_batch(model, q_inputs, d_inputs, chunk_size=None):
     if chunk_size is None:
         q, d = encode(q_inputs), encode(d_inputs)
     else:
-        q, d = (torch.cat([encode({k: v[i : i + chunk_size] for k, v in inputs.items()})
+        q, d = (torch.cat([encode(_trim_padding({k: v[i : i + chunk_size] for k, v in inputs.items()}))
                            for i in range(0, len(inputs["input_ids"]), chunk_size)])
                 for inputs in (q_inputs, d_inputs))
     loss = loss_fn(q, d)
@@ -202,3 +202,14 @@ def test_rejects_inconsistent_inputs(setup):
     bad = dict(q_inputs, attention_mask=q_inputs["attention_mask"][:3])
     with pytest.raises(ValueError, match="batch size"):
         cached_info_nce_backward(encode, encode, bad, d_inputs, chunk_size=2, loss_fn=loss_fn)
+
+
+def test_chunks_drop_trailing_padding_columns_only():
+    ids = torch.arange(12).view(3, 4)
+    right = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]), "n": 3}
+    out = _trim_padding(right)
+    assert out["input_ids"].tolist() == ids[:, :2].tolist() and out["attention_mask"].shape == (3, 2) and out["n"] == 3
+    left = {"input_ids": ids, "attention_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1]])}
+    assert _trim_padding(left)["input_ids"].shape == (3, 4)  # leading pads stay: positions must not shift
+    chunks = gradcache._chunks({"input_ids": ids, "attention_mask": right["attention_mask"]}, 2, "q")
+    assert [c["input_ids"].shape[1] for c in chunks] == [2, 2]

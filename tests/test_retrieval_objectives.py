@@ -255,6 +255,10 @@ def test_gradcache_through_the_loop_equals_plain_training(tmp_path, tok, num_neg
     cached_loop = _fit(tmp_path / "cached", cached, data)
     assert cached_loop.state.global_step == 3
     for (name, a), b in zip(plain.named_parameters(), cached.parameters()):
+        if name.endswith("attention.self.key.bias"):
+            # softmax is invariant to the key bias: its true gradient is 0, what arrives is rounding noise that
+            # Adam scales up to ~lr per step, and GradCache's padding-trimmed chunks round differently
+            continue
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5, msg=name)
     moved = max((a - b).abs().max().item() for a, b in zip(plain.parameters(), init.parameters()))
     assert moved > 1e-3  # the runs really trained

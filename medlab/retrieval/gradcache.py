@@ -104,8 +104,28 @@ def _chunks(inputs: Inputs, chunk_size: int, name: str) -> list[dict[str, Any]]:
     if len(set(rows.values())) != 1:
         raise ValueError(f"{name}: tensors disagree on the batch size (dim 0): {rows}")
     n = next(iter(rows.values()))
-    return [{key: value[start : start + chunk_size] if key in rows else value for key, value in inputs.items()}
+    return [_trim_padding({key: value[start : start + chunk_size] if key in rows else value
+                           for key, value in inputs.items()})
             for start in range(0, n, chunk_size)]
+
+
+def _trim_padding(chunk: dict[str, Any]) -> dict[str, Any]:
+    """Drop the trailing columns that are padding in every row of the chunk (``attention_mask`` all 0).
+
+    The batch is padded to its longest row; a chunk of shorter rows then encodes fewer tokens. Only *trailing*
+    columns go: a masked-out suffix changes nothing for the real tokens of a bidirectional encoder (masked) or a
+    causal decoder (it comes after them), while dropping leading (left-padding) columns would shift positions.
+    """
+    mask = chunk.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] == 0:
+        return chunk
+    width = mask.shape[1]
+    used = mask.bool().any(0)
+    keep = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    if keep == width:
+        return chunk
+    return {key: value[:, :keep] if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == width
+            else value for key, value in chunk.items()}
 
 
 class _RngState:
