@@ -7,7 +7,11 @@ import torch
 
 import medlab
 from medlab.config import ConfigError
-from medlab.models.speed import apply_activation_checkpointing, compile_model, transformer_blocks
+from medlab.models.speed import (
+    apply_activation_checkpointing,
+    compile_model,
+    transformer_blocks,
+)
 from medlab.objectives.causal_lm import CausalLM
 from tests.helpers import pad_collate, tiny_llama, toy_examples
 

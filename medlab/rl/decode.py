@@ -21,7 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medlab.rl.generation import HFGenerateEngine, Rollout, _seeded, completion_mask_from_ids, eval_mode, left_pad
+from medlab.rl.generation import (
+    HFGenerateEngine,
+    Rollout,
+    _seeded,
+    completion_mask_from_ids,
+    eval_mode,
+    left_pad,
+)
 
 
 def filter_scores(scores: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
