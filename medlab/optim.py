@@ -23,13 +23,16 @@ def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
     return groups
 
 
+FUSED_DEVICES = ("cuda", "cpu", "xpu", "mps")
+
+
 def build_adamw(named_params, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                 fused: bool | None = None) -> torch.optim.AdamW:
     groups = param_groups(named_params, weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: check the adapter config (target_modules) and freezing")
-    if fused is None:
-        fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    if fused is None:  # fused kernels exist for these devices and float dtypes (torch >= 2.4 on CPU)
+        fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
 
 
