@@ -56,13 +56,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             y = targets[start:start + chunk_size]
+            valid = y != IGNORE_INDEX  # masked, never boolean-indexed: no host sync
+            y = y.clamp(min=0)
             z = (h @ w.t() if bias is None else torch.addmm(bias.to(h.dtype), h, w.t())).float()
             lse = torch.logsumexp(z, dim=-1)
-            total += (lse - z.gather(1, y[:, None]).squeeze(1)).sum()
+            total += ((lse - z.gather(1, y[:, None]).squeeze(1)) * valid).sum()
             if not (need_h or need_w or need_b):
                 continue
             dz = torch.exp(z.sub_(lse[:, None]))  # softmax, in place of the logits
             dz[torch.arange(len(y), device=y.device), y] -= 1.0
+            dz *= valid[:, None]
             if need_h:
                 grad_h[start:start + chunk_size] = (dz.to(h.dtype) @ w).to(grad_h.dtype)
             if need_w:  # accumulated in fp32; the product itself runs in the compute dtype
@@ -92,11 +95,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                          bias: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
     """``sum_i CE(hidden_i @ weight^T + bias, targets_i)`` over rows whose target is not -100, as a differentiable
     fp32 scalar, without materializing more than ``chunk_size`` rows of logits. ``hidden [N,H]``, ``weight [V,H]``,
-    ``targets [N]`` (rows with -100 are dropped first)."""
-    keep = targets != IGNORE_INDEX
-    hidden, targets = hidden[keep], targets[keep]
-    if hidden.shape[0] == 0:
-        return (hidden.sum() + weight.sum() * 0.0).float() * 0.0
+    ``targets [N]``. Rows with -100 are masked, not removed (removing them by a boolean mask would be a host
+    sync): select the labelled rows beforehand with a precomputed index (``batch["loss_index"]``) to skip them."""
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk)
 
@@ -106,8 +106,6 @@ def linear_cross_entropy_stats(hidden: torch.Tensor, weight: torch.Tensor, targe
                                bias: torch.Tensor | None = None, chunk_size: int | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of nll, number of argmax hits)`` over labelled rows, chunked, without gradients (validation)."""
-    keep = targets != IGNORE_INDEX
-    hidden, targets = hidden[keep], targets[keep]
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
     hits = torch.zeros((), dtype=torch.long, device=hidden.device)
@@ -115,14 +113,23 @@ def linear_cross_entropy_stats(hidden: torch.Tensor, weight: torch.Tensor, targe
     for start in range(0, hidden.shape[0], chunk):
         z = F.linear(hidden[start:start + chunk], w, None if bias is None else bias.to(hidden.dtype)).float()
         y = targets[start:start + chunk]
-        nll += F.cross_entropy(z, y, reduction="sum")
-        hits += (z.argmax(-1) == y).sum()
+        nll += F.cross_entropy(z, y, reduction="sum", ignore_index=IGNORE_INDEX)
+        hits += ((z.argmax(-1) == y) & (y != IGNORE_INDEX)).sum()
     return nll, hits
 
 
-def shift_for_next_token(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hidden [B,T,H]``, ``labels [B,T]`` -> rows ``[B*(T-1), H]`` and their next-token targets ``[B*(T-1)]``."""
-    return hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
+def shift_for_next_token(hidden: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hidden [B,T,H]``, ``labels [B,T]`` -> rows ``[M, H]`` and their next-token targets ``[M]``.
+
+    ``index`` (the collator's ``loss_index``: flat positions in ``[B*(T-1)]`` whose next token has a label,
+    computed on the host before the batch moves to the device) keeps only those rows without a host sync;
+    without it every shifted position is kept and unlabelled ones are masked in the loss.
+    """
+    rows, targets = hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
+    if index is not None:
+        rows, targets = rows.index_select(0, index), targets.index_select(0, index)
+    return rows, targets
 
 
 @dataclass

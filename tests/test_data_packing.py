@@ -49,7 +49,9 @@ def test_cpt_setup_packs_the_sample_corpus(tokenizer):
         starts = [i for i, p in enumerate(block["position_ids"]) if p == 0]
         assert all(block["input_ids"][i - 1] == eos for i in starts if i > 0)  # every document ends with EOS
     batch = data.collate([data.train_dataset[i] for i in range(3)])
-    assert set(batch) == {"input_ids", "labels", "position_ids", "ids", "num_tokens", "num_label_tokens"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "ids", "num_tokens", "num_label_tokens", "loss_index"}
+    assert batch["loss_index"].tolist() == (batch["labels"][:, 1:] != -100).reshape(-1).nonzero().squeeze(1).tolist()
+    assert len(batch["loss_index"]) == batch["num_label_tokens"]
     assert batch["input_ids"].shape == batch["position_ids"].shape == (3, 128)
 
 
@@ -97,7 +99,7 @@ def test_padded_collation(tokenizer, tmp_path):
     data, examples = sft_examples(tokenizer, tmp_path, packing=False)
     batch = data.collate(examples)
     lengths = [len(e["input_ids"]) for e in examples]
-    assert set(batch) == {"input_ids", "labels", "attention_mask", "ids", "num_tokens", "num_label_tokens"}
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "ids", "num_tokens", "num_label_tokens", "loss_index"}
     assert batch["input_ids"].shape == (3, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths
     for row, length in enumerate(lengths):
@@ -112,7 +114,9 @@ def test_padding_free_collation(tokenizer, tmp_path):
     data, examples = sft_examples(tokenizer, tmp_path, packing=True)
     batch = data.collate(examples)
     lengths = [len(e["input_ids"]) for e in examples]
-    assert set(batch) == {"input_ids", "labels", "position_ids", "ids", "num_tokens", "num_label_tokens"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "ids", "num_tokens", "num_label_tokens", "loss_index"}
+    assert batch["loss_index"].tolist() == (batch["labels"][:, 1:] != -100).reshape(-1).nonzero().squeeze(1).tolist()
+    assert len(batch["loss_index"]) == batch["num_label_tokens"]
     assert batch["input_ids"].shape == batch["position_ids"].shape == (1, sum(lengths))
     assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]

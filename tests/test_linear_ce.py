@@ -58,9 +58,16 @@ def _grads(module: CausalLM, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
 
 
-def test_causal_lm_chunked_equals_full_logits_path():
-    """Full fine-tune of a tied-embedding Llama: same loss and same gradient on every parameter."""
-    batch = pad_collate(toy_examples(6, vocab=512))
+@pytest.mark.parametrize("with_index", [True, False])
+def test_causal_lm_chunked_equals_full_logits_path(with_index):
+    """Full fine-tune of a tied-embedding Llama: same loss and same gradient on every parameter, whether the
+    labelled rows are picked by the collator's ``loss_index`` or masked inside the loss."""
+    from medlab.data.collate import collate_padded
+
+    batch = collate_padded(toy_examples(6, vocab=512), pad_id=0)
+    assert len(batch["loss_index"]) == batch["num_label_tokens"]
+    if not with_index:
+        del batch["loss_index"]
     full, chunked = _module("full"), _module("chunked", loss_chunk_size=5)
     chunked.model.load_state_dict(full.model.state_dict())
     loss_f, grads_f = _grads(full, batch)

@@ -9,7 +9,8 @@
   position is -100 so no token is predicted from the previous example. Same per-token loss as padded,
   without pad tokens.
 
-`num_label_tokens` counts label positions that contribute after the causal shift: `(labels[:, 1:] != -100)`.
+`num_label_tokens` counts label positions that contribute after the causal shift: `(labels[:, 1:] != -100)`;
+`loss_index` lists them as flat positions of `labels[:, 1:]` (for the chunked loss, see medlab/linear_ce.py).
 """
 
 from __future__ import annotations
@@ -65,5 +66,9 @@ def collate_padding_free(examples: Sequence[dict]) -> dict:
 def _with_counts(batch: dict, examples: Sequence[dict], num_tokens: int) -> dict:
     batch["ids"] = [int(example["id"]) for example in examples]
     batch["num_tokens"] = int(num_tokens)
-    batch["num_label_tokens"] = int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
+    labelled = (batch["labels"][..., 1:] != IGNORE_INDEX).reshape(-1)
+    batch["num_label_tokens"] = int(labelled.sum())
+    # flat positions (in [B*(T-1)]) whose next token carries a label: the chunked loss selects them on the device
+    # with this index instead of a boolean mask, which would be a host sync per micro-batch
+    batch["loss_index"] = labelled.nonzero().squeeze(1)
     return batch

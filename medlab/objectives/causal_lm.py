@@ -48,7 +48,8 @@ class CausalLM(L.LightningModule):
         parts = self._head_parts()
         if parts is None:
             return {"loss": losses.causal_lm_loss(self(batch), batch["labels"])}
-        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"])
+        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"],
+                                                       batch.get("loss_index"))
         count = (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
         if self.loss_impl == "liger":
             nll_sum = _liger_loss()(parts.head.weight, rows, targets, parts.head.bias)
@@ -63,7 +64,8 @@ class CausalLM(L.LightningModule):
             logits = self(batch)
             return {"loss": losses.causal_lm_loss(logits, batch["labels"]),
                     "token_acc": losses.token_accuracy(logits, batch["labels"])}
-        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"])
+        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"],
+                                                       batch.get("loss_index"))
         count = (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
         nll, hits = linear_ce.linear_cross_entropy_stats(rows, parts.head.weight, targets, parts.head.bias,
                                                          self.loss_chunk_size)
