@@ -21,7 +21,10 @@ What is held equal (both sides read one spec the parent writes):
   ``generation_batch_size = B*G``; ``num_iterations = 1``), max completion length, temperature 1.0, top_p 1.0,
   top_k 0, lr (constant, no warm-up), AdamW betas (0.9, 0.99) eps 1e-8 wd 0, grad clip 1.0, beta (k3 KL,
   reference = the base with adapters disabled on both sides), epsilon, token-level (DAPO) loss aggregation,
-  group reward scaling, seed, fp32 (or bf16 with ``--bf16``), HF ``generate`` on both sides (TRL ``use_vllm=False``).
+  group reward scaling, seed, fp32 (or bf16 with ``--bf16``), no vLLM (TRL ``use_vllm=False``). Generation: TRL
+  uses HF ``generate``; medlab its default engine, ``objective.engine=medlab`` (a KV-cache decode loop that gives
+  HF ``generate``'s tokens for the same RNG state without a host sync per token), or with ``--engine hf`` HF
+  ``generate`` too.
 * One process per run (``subprocess``), frameworks alternating (ABBA) over ``--repeats``, ``OMP_NUM_THREADS``
   equal for both children.
 
@@ -200,7 +203,7 @@ def medlab_overrides(a, run_dir: Path) -> list[str]:
           "objective.temperature=1.0", "objective.top_p=1.0", "objective.top_k=0", f"objective.lr={a.lr}",
           f"objective.beta={a.beta}", f"objective.epsilon={a.epsilon}", "objective.loss_aggregation=token",
           "objective.scale_rewards=group", "objective.num_iterations=1", "objective.scheduler=constant",
-          "trainer.gradient_clip_val=1.0"]
+          "trainer.gradient_clip_val=1.0", f"objective.engine={a.engine}"]
     if a.bf16:
         ov.append("strategy.precision=bf16-true")
     if a.device == "cpu":
@@ -278,6 +281,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of both children")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--engine", choices=["medlab", "hf"], default="medlab",
+                   help="medlab's generation engine: its KV-cache decode loop (default; the same tokens as HF generate, "
+                        "no per-token host sync) or HF generate itself")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-append", action="store_true")
@@ -364,7 +370,7 @@ def main() -> None:
         per = [statistics.mean(x for x in col if x is not None) for col in zip(*rs)]
         return " ".join(f"{v:.2f}" for v in per)
 
-    names = {"medlab": "medlab GRPO", "trl": "TRL GRPOTrainer"}
+    names = {"medlab": f"medlab GRPO (`objective.engine={a.engine}`)", "trl": "TRL GRPOTrainer"}
     memname = "peak CUDA alloc MiB" if a.device == "cuda" else "peak RSS MiB"
     lines = [f"| framework | step s [per repeat] | generate s | score+ref s | update s | rollout tok/s | {memname} | mean reward per step (1..{a.steps}) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -396,7 +402,7 @@ def main() -> None:
         f"step, num_iterations 1), max completion length {a.max_completion_length}, temperature 1.0, top_p 1.0, top_k 0, "
         f"lr {a.lr:g} constant, beta {a.beta:g}, epsilon {a.epsilon:g}, token-level (DAPO) loss, group reward scaling, "
         f"rewards exact_match×{spec['weights']['accuracy']:g} + format×{spec['weights']['format']:g}, seed {a.seed}, "
-        f"HF generate both sides (TRL use_vllm=False), OMP_NUM_THREADS={a.threads}, {a.steps} steps "
+        f"{'HF generate both sides' if a.engine == 'hf' else 'medlab: its KV-cache decode loop (same sampling maths as HF generate), TRL: HF generate'} (TRL use_vllm=False), OMP_NUM_THREADS={a.threads}, {a.steps} steps "
         f"(first {a.warmup} not timed), {a.repeats} repeat(s) per framework (alternating), prompts in file order",
         f"- 1-min load average at start/end: {load0:.2f} / {load1:.2f}"
         + (" — **the machine was shared with other jobs: step times are noisy**" if max(load0, load1) > (os.cpu_count() or 1) else ""),
