@@ -408,7 +408,7 @@ def main() -> None:
         + (" — **the machine was shared with other jobs: step times are noisy**" if max(load0, load1) > (os.cpu_count() or 1) else ""),
         f"- wall time of the whole benchmark: {(time.perf_counter() - t_all) / 60:.1f} min", "",
         table, "", *notes, "",
-        "generate = HF `generate` only; score+ref = rest of the experience (decode, rewards, reference log-probs); "
+        "generate = the generation call only (medlab: its `objective.engine`; TRL: HF `generate`); score+ref = rest of the experience (decode, rewards, reference log-probs); "
         "update = step − experience (forward/backward/clip/optimizer + loop overhead). Means over timed steps; "
         "the reward curve includes the warm-up steps (same prompts per step on both sides; sampling differs).", "",
     ])
