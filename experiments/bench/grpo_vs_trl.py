@@ -418,18 +418,14 @@ def main() -> None:
     if not a.no_append:
         path = Path(a.results)
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = ""
-        if not path.exists():
-            header = "# Benchmark results\n\n"
-        existing = path.read_text() if path.exists() else ""
-        with open(path, "a") as f:  # append only: other sections are written concurrently by other scripts
-            if header:
-                f.write(header)
-            if SECTION not in existing:
-                f.write(("\n" if existing and not existing.endswith("\n\n") else "") + SECTION + "\n\n"
-                        "`experiments/bench/grpo_vs_trl.py`: see its docstring for what is held equal and how each "
-                        "number is measured.\n\n")
-            f.write(block + "\n")
+        doc = path.read_text() if path.exists() else "# Benchmark results\n"
+        if SECTION not in doc:
+            doc = doc.rstrip("\n") + f"\n\n{SECTION}\n\n`experiments/bench/grpo_vs_trl.py`: see its docstring for what " \
+                  "is held equal and how each number is measured.\n"
+        start = doc.index(SECTION) + len(SECTION)
+        nxt = doc.find("\n## ", start)  # the block goes at the end of this script's own section
+        end = len(doc) if nxt < 0 else nxt
+        path.write_text(doc[:end].rstrip("\n") + "\n\n" + block.rstrip("\n") + "\n" + doc[end:])
         print(f"appended to {path}")
 
 
