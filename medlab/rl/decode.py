@@ -27,7 +27,6 @@ from medlab.rl.generation import (
     _seeded,
     completion_mask_from_ids,
     eval_mode,
-    left_pad,
 )
 
 
@@ -64,10 +63,7 @@ class KVCacheEngine(HFGenerateEngine):
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
                  seed: int | None = None) -> Rollout:
         device = self.device
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, device)
-        if num_generations > 1:
-            prompt_ids = prompt_ids.repeat_interleave(num_generations, 0)
-            prompt_mask = prompt_mask.repeat_interleave(num_generations, 0)
+        prompt_ids, prompt_mask = self.prompt_batch(prompts, num_generations)
         start = time.perf_counter()
         with eval_mode(self.model), torch.no_grad(), _seeded(seed, device):
             completion_ids = self._decode(prompt_ids, prompt_mask, max_new_tokens, do_sample,

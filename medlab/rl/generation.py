@@ -156,15 +156,20 @@ class HFGenerateEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def prompt_batch(self, prompts: list[list[int]], num_generations: int) -> tuple[Tensor, Tensor]:
+        """Left-padded ``(ids, mask)`` on the model's device, each prompt repeated ``num_generations`` times."""
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, self.device)
+        if num_generations > 1:
+            prompt_ids = prompt_ids.repeat_interleave(num_generations, 0)
+            prompt_mask = prompt_mask.repeat_interleave(num_generations, 0)
+        return prompt_ids, prompt_mask
+
     def generate(self, prompts: list[list[int]], *, num_generations: int = 1, max_new_tokens: int = 64,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
                  seed: int | None = None) -> Rollout:
         """Generate ``num_generations`` completions per prompt (consecutive rows)."""
         device = self.device
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, device)
-        if num_generations > 1:
-            prompt_ids = prompt_ids.repeat_interleave(num_generations, 0)
-            prompt_mask = prompt_mask.repeat_interleave(num_generations, 0)
+        prompt_ids, prompt_mask = self.prompt_batch(prompts, num_generations)
         sampling: dict[str, Any] = {"do_sample": do_sample}
         if do_sample:
             sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
