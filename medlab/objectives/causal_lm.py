@@ -48,9 +48,7 @@ class CausalLM(L.LightningModule):
         parts = self._head_parts()
         if parts is None:
             return {"loss": losses.causal_lm_loss(self(batch), batch["labels"])}
-        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"],
-                                                       batch.get("loss_index"))
-        count = (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
+        rows, targets, count = self._label_rows(parts, batch)
         if self.loss_impl == "liger":
             nll_sum = _liger_loss()(parts.head.weight, rows, targets, parts.head.bias)
         else:
@@ -64,9 +62,7 @@ class CausalLM(L.LightningModule):
             logits = self(batch)
             return {"loss": losses.causal_lm_loss(logits, batch["labels"]),
                     "token_acc": losses.token_accuracy(logits, batch["labels"])}
-        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"],
-                                                       batch.get("loss_index"))
-        count = (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
+        rows, targets, count = self._label_rows(parts, batch)
         nll, hits = linear_ce.linear_cross_entropy_stats(rows, parts.head.weight, targets, parts.head.bias,
                                                          self.loss_chunk_size)
         return {"loss": nll / count, "token_acc": hits.float() / count}
@@ -87,6 +83,12 @@ class CausalLM(L.LightningModule):
             log.warning("objective.loss_impl=%s: %s; using the full-logits loss", self.loss_impl, reason)
             self._fallback_logged = True
         return None
+
+    def _label_rows(self, parts: linear_ce.LMHeadParts, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hidden rows that predict a label, their targets, and the label count (a device tensor, >= 1)."""
+        rows, targets = linear_ce.shift_for_next_token(self._hidden(parts, batch), batch["labels"],
+                                                       batch.get("loss_index"))
+        return rows, targets, (targets != linear_ce.IGNORE_INDEX).sum().clamp(min=1)
 
     def _hidden(self, parts: linear_ce.LMHeadParts, batch: dict) -> torch.Tensor:
         out = parts.decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
@@ -130,7 +132,9 @@ class CausalLM(L.LightningModule):
 def _liger_loss():
     """Liger's fused linear cross-entropy (Triton, CUDA only), summed over label tokens."""
     try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.transformers.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyLoss,
+        )
     except ImportError as e:
         raise ImportError("objective.loss_impl=liger needs `pip install liger-kernel` (CUDA); "
                           "objective.loss_impl=chunked is the built-in equivalent") from e
