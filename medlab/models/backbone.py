@@ -205,6 +205,10 @@ def load_causal_lm(
     if head == "score":
         kwargs["num_labels"] = 1
     model = auto_class(head).from_pretrained(model_dir, **kwargs)
+    if quantization_config is not None:
+        from medlab.models.quant import keep_trainable_layout
+
+        keep_trainable_layout(model)  # no in-place AVX512-BF16 repacking of the 4-bit weights (models/quant.py)
     if head == "score" and model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id  # decoder scorers find the last token via the pad id
     model.config.use_cache = False  # training; generation turns it back on explicitly

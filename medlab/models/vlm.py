@@ -231,6 +231,10 @@ def load_vlm(path: str | Path, *, head: str = "embed", dtype: str = "float32", q
     cls = AutoModel if head == "embed" else AutoModelForImageTextToText
     model = cls.from_pretrained(Path(path).expanduser(), **kwargs)
     model.config.use_cache = False
+    if quantization_config is not None:
+        from medlab.models.quant import keep_trainable_layout
+
+        keep_trainable_layout(model)  # no in-place AVX512-BF16 repacking of the 4-bit weights (models/quant.py)
     return model, load_processor(path)
 
 
