@@ -70,7 +70,8 @@ class GRPOPolicy(L.LightningModule):
                  loss_aggregation: str = "token", micro_batch_size: int | None = None,
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
                  tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
-                 engine: str = "medlab", engine_check_every: int = 16, task: str = "grpo", **optim):
+                 engine: str = "medlab", engine_check_every: int = 16, task: str = "grpo",
+                 reward_timeout_s: float | None = 300.0, **optim):
         super().__init__()
         if tokenizer is None:
             raise ValueError("GRPOPolicy needs the tokenizer (generation and decoding)")
@@ -96,7 +97,7 @@ class GRPOPolicy(L.LightningModule):
         if problems:
             raise ValueError("; ".join(problems))
         self.model, self.tokenizer = model, tokenizer
-        self.rewards = RewardSet.from_config(_plain(rewards))
+        self.rewards = RewardSet.from_config(_plain(rewards), timeout_s=reward_timeout_s)
         self.num_generations, self.max_new_tokens = num_generations, max_new_tokens
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k or 0)
         self.num_iterations, self.beta = num_iterations, float(beta)

@@ -52,6 +52,7 @@ def build_tools(config: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Tool
                                      reranker_run=spec.get("reranker_run"),
                                      rerank_depth=int(spec.get("rerank_depth", 20)))
         tools[name] = search_tool(index, name, k=int(spec.get("k", 3)), max_chars=int(spec.get("max_chars", 400)))
+        tools[name].timeout_s = spec.get("timeout_s", tools[name].timeout_s)  # null: no limit
         passages.update({p.id: p for p in found})
         log.info("tool %s: %d passages from %s", name, len(found), corpus["path"])
     return tools, passages

@@ -22,8 +22,11 @@ from typing import Any
 
 import torch
 
+from medlab.rl.timeout import CallTimeout, call_with_timeout
+
 RewardFn = Callable[..., list]
 log = logging.getLogger(__name__)
+DEFAULT_TIMEOUT_S = 300.0  # one reward call (a batch); a local LLM judge on a CPU needs minutes, a hang is forever
 
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
@@ -331,30 +334,39 @@ def _as_value(v: Any) -> float:
     return math.nan
 
 
-def _call(name: str, fn: RewardFn, prompts: list, completions: list, fields: dict[str, Any]) -> list[float]:
-    """fn's values with failures as NaN. If the batched call raises or returns the wrong number of values,
-    each sample is scored alone (list fields sliced to that sample) so one bad sample masks only itself."""
+def _call(name: str, fn: RewardFn, prompts: list, completions: list, fields: dict[str, Any],
+          timeout_s: float | None = None) -> tuple[list[float], bool]:
+    """fn's values with failures as NaN, and whether the call timed out. If the batched call raises or returns
+    the wrong number of values, each sample is scored alone (list fields sliced to that sample) so one bad
+    sample masks only itself. A call that runs past ``timeout_s`` masks the whole batch (no retries: a hang
+    would repeat for every sample)."""
     n = len(completions)
     try:
-        values = list(fn(prompts, completions, **fields))
+        values = list(call_with_timeout(fn, timeout_s, prompts, completions, **fields))
         if len(values) == n:
-            return [_as_value(v) for v in values]
+            return [_as_value(v) for v in values], False
         log.warning("reward %r returned %d values for %d samples; scoring samples one by one", name, len(values), n)
+    except CallTimeout:
+        log.warning("reward %r did not return within %g s; its values for this batch are masked", name, timeout_s)
+        return [math.nan] * n, True
     except Exception as e:  # noqa: BLE001 - a reward function must never crash training
         log.warning("reward %r failed on the batch (%r); scoring samples one by one", name, e)
     out = []
     for i in range(n):
         row = {k: v[i : i + 1] if isinstance(v, list) and len(v) == n else v for k, v in fields.items()}
         try:
-            values = list(fn(prompts[i : i + 1], completions[i : i + 1], **row))
+            values = list(call_with_timeout(fn, timeout_s, prompts[i : i + 1], completions[i : i + 1], **row))
             out.append(_as_value(values[0]) if len(values) == 1 else math.nan)
+        except CallTimeout:
+            log.warning("reward %r did not return within %g s on one sample; the rest are masked", name, timeout_s)
+            return out + [math.nan] * (n - len(out)), True
         except Exception:  # noqa: BLE001
             out.append(math.nan)
-    return out
+    return out, False
 
 
 def combine_rewards(fns: Mapping[str, RewardFn | tuple[RewardFn, float]], prompts: list, completions: list,
-                    **fields: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                    *, timeouts: Mapping[str, float | None] | None = None, **fields: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Weighted total reward [N] (float32) with per-function masking, as TRL's "sum_then_normalize":
 
         total_i = sum_{k : r_ik valid} w_k * r_ik        (a masked r_ik contributes nothing)
@@ -362,10 +374,11 @@ def combine_rewards(fns: Mapping[str, RewardFn | tuple[RewardFn, float]], prompt
                                                          :func:`medlab.rl.advantages.group_advantages`
 
     r_ik is masked (NaN) when function k raised for sample i, returned None/NaN/inf/a non-number, or
-    returned the wrong number of values for a batch and also failed alone on that sample. ``fns`` maps a
-    name to ``fn`` or ``(fn, weight)`` (weight 1.0 by default). Returns (total, per_fn name -> [N] with NaN
-    where masked, stats): ``reward/<name>/mean`` (over valid values), ``reward/<name>/failures`` (masked
-    count), ``reward/total/mean``, ``reward/masked`` (samples with no valid value).
+    returned the wrong number of values for a batch and also failed alone on that sample, or did not return
+    within ``timeouts[name]`` seconds. ``fns`` maps a name to ``fn`` or ``(fn, weight)`` (weight 1.0 by
+    default). Returns (total, per_fn name -> [N] with NaN where masked, stats): ``reward/<name>/mean`` (over
+    valid values), ``reward/<name>/failures`` (masked count, timeouts included), ``reward/<name>/timeouts``,
+    ``reward/total/mean``, ``reward/masked`` (samples with no valid value).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"prompts ({len(prompts)}) and completions ({len(completions)}) differ in length")
@@ -376,11 +389,13 @@ def combine_rewards(fns: Mapping[str, RewardFn | tuple[RewardFn, float]], prompt
     stats: dict[str, torch.Tensor] = {}
     for name, entry in fns.items():
         fn, weight = entry if isinstance(entry, tuple) else (entry, 1.0)
-        values = torch.tensor(_call(name, fn, list(prompts), list(completions), fields), dtype=torch.float32)
+        raw, timed_out = _call(name, fn, list(prompts), list(completions), fields, (timeouts or {}).get(name))
+        values = torch.tensor(raw, dtype=torch.float32)
         per_fn[name] = values
         weights.append(float(weight))
         stats[f"reward/{name}/mean"] = torch.nanmean(values)
         stats[f"reward/{name}/failures"] = torch.isnan(values).sum()
+        stats[f"reward/{name}/timeouts"] = torch.tensor(int(timed_out))
     stacked = torch.stack(list(per_fn.values()), dim=1)  # [N, K]
     total = torch.nansum(stacked * torch.tensor(weights, dtype=torch.float32), dim=1)
     unscorable = torch.isnan(stacked).all(dim=1)
@@ -395,24 +410,31 @@ class RewardSet:
 
     ``RewardSet.from_config({"acc": {"_target_": "exact_match", "weight": 1.0}, "fmt": {"_target_":
     "format", "weight": 0.2, "kind": "answer"}, "mine": {"_target_": "my_pkg.rewards.fn", "k": 3}})``:
-    every other key of an entry is bound to the function (and wins over a row field of the same name).
+    every other key of an entry is bound to the function (and wins over a row field of the same name), except
+    ``weight`` and ``timeout_s`` (seconds one call may take before its values are masked; default
+    ``timeout_s`` of the set, :data:`DEFAULT_TIMEOUT_S`; null = no limit).
     """
 
-    def __init__(self, fns: Mapping[str, RewardFn | tuple[RewardFn, float]]):
+    def __init__(self, fns: Mapping[str, RewardFn | tuple[RewardFn, float]],
+                 timeout_s: float | None = None, timeouts: Mapping[str, float | None] | None = None):
         if not fns:
             raise ValueError("RewardSet needs at least one reward function")
         self.fns = {k: v if isinstance(v, tuple) else (v, 1.0) for k, v in fns.items()}
+        timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+        self.timeouts = {k: (timeouts or {}).get(k, timeout_s) for k in self.fns}
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> RewardSet:
-        fns = {}
+    def from_config(cls, cfg: Mapping[str, Any], timeout_s: float | None = None) -> RewardSet:
+        fns, timeouts = {}, {}
+        default = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
         for name, entry in cfg.items():
             entry = {"_target_": entry} if isinstance(entry, str) else dict(entry)
             if "_target_" not in entry:
                 raise ValueError(f"reward {name!r} needs a `_target_` (a name or a dotted path)")
             weight = float(entry.pop("weight", 1.0))
+            timeouts[name] = entry.pop("timeout_s", default)
             fns[name] = (load_reward(entry.pop("_target_"), **entry), weight)
-        return cls(fns)
+        return cls(fns, timeout_s=default, timeouts=timeouts)
 
     def __call__(self, prompts: list, completions: list, **fields: Any):
-        return combine_rewards(self.fns, prompts, completions, **fields)
+        return combine_rewards(self.fns, prompts, completions, timeouts=self.timeouts, **fields)

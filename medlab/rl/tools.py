@@ -11,6 +11,7 @@ Tool calls use the Qwen/Hermes format ``<tool_call>{"name": ..., "arguments": {.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,10 @@ import torch
 from torch import Tensor
 
 from medlab.rl.generation import GenerationEngine, left_pad
+from medlab.rl.timeout import CallTimeout, call_with_timeout
+
+log = logging.getLogger(__name__)
+DEFAULT_TOOL_TIMEOUT_S = 60.0  # a plain callable (not a Tool) gets this limit
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Tool:
     fn: Callable[[dict], str]
     description: str = ""
     parameters: dict | None = None
+    timeout_s: float | None = 60.0  # a call still running then becomes an error observation (None: no limit)
 
     def schema(self) -> dict:
         """HF tool schema (``{"type": "function", "function": {...}}``) for ``apply_chat_template(tools=...)``."""
@@ -136,8 +142,12 @@ def _execute(call: dict, tools: Mapping[str, Tool | Callable[[dict], str]]) -> t
     if tool is None:
         return f"Error: unknown tool {call['name']!r}; available: {sorted(tools)}", False
     fn = tool.fn if isinstance(tool, Tool) else tool
+    timeout_s = tool.timeout_s if isinstance(tool, Tool) else DEFAULT_TOOL_TIMEOUT_S
     try:
-        return str(fn(call["arguments"])), True
+        return str(call_with_timeout(fn, timeout_s, call["arguments"])), True
+    except CallTimeout:
+        log.warning("tool %r did not return within %g s; the policy sees an error observation", call["name"], timeout_s)
+        return f"Error: tool {call['name']!r} timed out after {timeout_s:g} s", False
     except Exception as e:  # noqa: BLE001 -- a tool failure is an observation for the policy, not a crash
         return f"Error: {type(e).__name__}: {e}", False
 
