@@ -256,3 +256,29 @@ def test_real_medpix_image_caption_pairs_embed(shared_data, vlm):
     for e in (imgs, caps, both):
         assert e.shape == (4, model.config.text_config.hidden_size) and torch.isfinite(e).all()
         assert torch.allclose(e.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+@pytest.mark.distributed
+def test_vlm_biencoder_trains_under_ddp_on_text_only_batches(tmp_path):
+    """A VLM backbone on text pairs never runs its vision tower; DDP (2 gloo processes) still trains: every vision
+    parameter is anchored into the loss with a zero gradient (BiEncoder._unused_vision_anchor). Without the anchor
+    DDP's reducer stops at step 2 ("parameters that were not used in producing loss")."""
+    import os
+    import sys
+
+    from test_distributed import Tree, _read_csv
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medlab", "+experiment=biencoder_vlm", "data=sample_pairs", "strategy=ddp",
+           "strategy.devices=2", "strategy.accelerator=cpu", "trainer.max_steps=3", "data.limit=24", "data.val_limit=8",
+           "trainer.val_every_n_steps=3", "trainer.log_every_n_steps=1", "trainer.ckpt_every_n_steps=null",
+           "export.enabled=false", "logger=csv", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"]
+    tree = Tree(cmd, cwd=tmp_path, log=tmp_path / "ddp.log")
+    rc, left = tree.wait()
+    assert rc == 0 and not left, tree.output()[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["global_step"] == 3
+    losses = _read_csv(run_dir / "metrics.csv")["train/loss"]
+    assert sorted(losses) == [1, 2, 3] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert "val/ndcg@10" in metrics
+    assert os.environ.get("MEDLAB_CACHE_DIR")  # the run used the session's cache (conftest), not the user's

@@ -24,6 +24,9 @@ from medlab.retrieval.gradcache import cached_info_nce_backward
 from medlab.retrieval.losses import gather_with_grad, info_nce
 from medlab.retrieval.pooling import POOLING, embed
 
+# Parameter-name parts of the vision towers of the VLM families medlab loads (Qwen2/2.5/3-VL: ``visual.``).
+VISION_PARAM_NAMES = ("visual.", "vision_tower.", "vision_model.")
+
 
 class BiEncoder(L.LightningModule):
     head = "embed"  # the backbone the loader returns: bare model (last_hidden_state)
@@ -99,8 +102,28 @@ class BiEncoder(L.LightningModule):
         if self.owns_backward:
             return self._gradcache_step(batch)
         q, d = self.encode(batch["query"]), self.encode(batch["docs"])
-        loss = self._loss(q, d, batch, self._gather())
+        loss = self._loss(q, d, batch, self._gather()) + self._unused_vision_anchor(batch)
         return {"loss": loss, "temperature": self.temperature.detach()}
+
+    def _unused_vision_anchor(self, batch: dict) -> torch.Tensor | float:
+        """0 x (one element of every trainable vision-tower parameter) when no image is in this batch, under DDP.
+
+        A vision-language backbone trained on a text-only batch never runs its vision tower, and DDP's reducer
+        then fails ("parameters that were not used in producing loss"). This term puts every such parameter in
+        the graph with a zero gradient -- exactly its gradient for this batch -- so text-only and mixed
+        batches train under DDP, on any rank mix, without ``find_unused_parameters``; the loss value is unchanged.
+        One difference from a single process remains: there the untouched vision weights have no gradient and
+        AdamW skips them, here their gradient is 0, so decoupled weight decay still shrinks them by lr x wd.
+        """
+        fabric = getattr(self, "_fabric", None)
+        if fabric is None or fabric.world_size <= 1:
+            return 0.0
+        if getattr(self, "_vision_params", None) is None:
+            self._vision_params = [p for n, p in self.model.named_parameters()
+                                   if p.requires_grad and any(k in n for k in VISION_PARAM_NAMES)]
+        if not self._vision_params or any("pixel_values" in batch[k] for k in ("query", "docs")):
+            return 0.0
+        return 0.0 * sum(p.view(-1)[:1].sum() for p in self._vision_params)
 
     def _gradcache_step(self, batch: dict) -> dict:
         scale = self.loss_scale
