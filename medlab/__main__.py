@@ -7,13 +7,17 @@ from omegaconf import DictConfig
 
 import medlab  # noqa: F401  (registers the config resolvers)
 from medlab.api import CONFIG_NAME, CONFIG_PATH
+from medlab.cli import user_errors_exit
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
     from medlab.runner import run
 
-    result = run(cfg)
+    # A config or data problem: its message alone on stderr and in <run dir>/train.log, exit code 2. The
+    # SystemExit passes through Hydra's job runner, which only catches Exception (so no "Error executing job").
+    with user_errors_exit():
+        result = run(cfg)
     if result.metrics.get("status") == "interrupted":
         sys.exit(143)  # stopped by a signal after a complete checkpoint: schedulers may requeue
     return result.objective

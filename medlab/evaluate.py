@@ -124,4 +124,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from medlab.cli import run_cli
+
+    run_cli(main)  # a config/data problem: its message on stderr, exit code 2

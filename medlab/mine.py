@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     ranked, _ = corpus_search(q, d, doc_ids, depth)
     mined = dict(zip(groups, mine_negatives(ranked, [positives[g] for g in groups], k, skip_top)))
 
-    records = read_records(opt["path"]).to_list()
+    # the same records setup read: with on_bad_row=skip, lines that do not parse are left out there too
+    records = read_records(opt["path"], skip_unparsable=data.on_bad_row == "skip").to_list()
     out_field = opt.get("out_field", "negatives")
     out = Path(opt["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,4 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from medlab.cli import run_cli
+
+    run_cli(main)  # a config/data problem: its message on stderr, exit code 2

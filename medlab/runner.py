@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medlab.config import ConfigError, redact, validate_config
+from medlab.config.threads import resolve_cpu_threads
 from medlab.engine import checkpoint as ckpt
 from medlab.engine.loop import Loop, LoopConfig
 
@@ -117,15 +119,38 @@ def _validate(cfg: DictConfig, run_dir: Path) -> None:
         raise
 
 
-def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
-    from hydra.utils import instantiate
+def _set_cpu_threads(cfg: DictConfig, fabric) -> int | None:
+    """``trainer.cpu_threads`` (medlab.config.threads) -> ``torch.set_num_threads``; returns the count it
+    replaced (to restore after the run) or None when it left torch's setting alone."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    per_node = int(local) if local else max(1, fabric.world_size // max(1, int(cfg.strategy.get("num_nodes") or 1)))
+    before = torch.get_num_threads()
+    n, why = resolve_cpu_threads(cfg.trainer.get("cpu_threads", "auto"), on_cpu=fabric.device.type == "cpu",
+                                 processes_per_node=per_node, torch_default=before)
+    if n is not None:
+        torch.set_num_threads(n)
+    log.info("cpu threads: %d (%s)", torch.get_num_threads(), why)
+    return before if n is not None and n != before else None
 
+
+def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
     _setup_logging()
     run_dir = _resolve_run_dir(cfg)
     _validate(cfg, run_dir)
 
     fabric = build_fabric(cfg, callbacks)
     fabric.launch()
+    previous_threads = _set_cpu_threads(cfg, fabric)
+    try:
+        return _run(cfg, fabric, run_dir)
+    finally:
+        if previous_threads is not None:  # a notebook's later work gets its own setting back
+            torch.set_num_threads(previous_threads)
+
+
+def _run(cfg: DictConfig, fabric, run_dir: Path) -> RunResult:
+    from hydra.utils import instantiate
+
     # torchrun/SLURM ranks each compose their own Hydra run dir; rank 0's is the one.
     run_dir = Path(fabric.broadcast(str(run_dir), src=0))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +191,7 @@ def run(cfg: DictConfig, callbacks: list | None = None) -> RunResult:
         "status": result.status, "global_step": state.global_step, "epoch": state.epoch,
         "tokens_seen": state.tokens_seen, "skipped_steps": state.skipped_steps,
         "train_seconds": round(result.seconds, 3), "total_seconds": round(time.perf_counter() - t0, 3),
-        "trainable_params": trainable, "total_params": total,
+        "trainable_params": trainable, "total_params": total, "cpu_threads": torch.get_num_threads(),
         **{f"data/{k}": v for k, v in data_counts.items() if isinstance(v, (int, float))},
         **{k: v for k, v in result.train_metrics.items()}, **result.val_metrics,
         "monitor": cfg.trainer.monitor,
@@ -227,11 +252,12 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
 def _export(cfg: DictConfig, model, tokenizer, run_dir: Path, adapter) -> Path:
     from hydra.utils import instantiate
 
-    from medlab.export import export_merged, export_model, is_peft
+    from medlab.export import chat_export, export_merged, export_model, is_peft
 
-    out = export_model(model, tokenizer, run_dir / "export")
+    chat = chat_export(cfg.data, tokenizer)  # the chat template the run trained with (None: the tokenizer's own)
+    out = export_model(model, tokenizer, run_dir / "export", chat)
     if cfg.export.merge_lora and is_peft(model):
-        export_merged(out, lambda: instantiate(cfg.model)(), run_dir / "export_merged")
+        export_merged(out, lambda: instantiate(cfg.model)(), run_dir / "export_merged", chat)
     return out
 
 

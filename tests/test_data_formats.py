@@ -62,6 +62,7 @@ def test_alpaca_with_system_and_history():
         ],
         "tools": None,
         "row": 0,
+        "source": "<data> row 1",
     }
 
 
@@ -90,7 +91,14 @@ def test_sharegpt_and_openai_give_the_same_rows():
     assert (
         a.to_list()
         == b.to_list()
-        == [{"messages": [m("system", "S"), m("user", "Q"), m("assistant", "A")], "tools": None, "row": 0}]
+        == [
+            {
+                "messages": [m("system", "S"), m("user", "Q"), m("assistant", "A")],
+                "tools": None,
+                "row": 0,
+                "source": "<data> row 1",
+            }
+        ]
     )
 
 
@@ -161,7 +169,7 @@ def test_toolcall_openai_style_and_text_before_call_is_one_turn():
 def test_text_rows():
     out, fmt, _ = normalize(ds([{"text": "Aspirin thins the blood.", "source": "x"}]))
     assert fmt == "text"
-    assert out.to_list() == [{"text": "Aspirin thins the blood.", "row": 0}]
+    assert out.to_list() == [{"text": "Aspirin thins the blood.", "row": 0, "source": "<data> row 1"}]
 
 
 def test_field_mapping_renames_user_columns():
@@ -215,18 +223,28 @@ def test_bad_rows_error_lists_row_and_field(tmp_path):
     with pytest.raises(DataError) as err:
         normalize(ds(BAD_ROWS), file="rows.jsonl")
     text = str(err.value)
-    assert text.startswith("7 bad row(s)")
-    for needle in (
-        "rows.jsonl: row 1, field 'messages[1].content': empty assistant content",
-        "row 2, field 'messages[2]': the conversation ends with a user turn",
-        "row 3, field 'conversations[1].value': function_call is not valid JSON",
-        "row 4, field 'conversations'",
-        "row 5, field 'conversations[0].value'",
-        "row 6, field 'conversations[0].from': unknown role 'doctor'",
-        "row 7, field 'conversations': missing",
+    assert text.startswith("7 bad row(s)") and "line and row numbers count from 1" in text
+    for needle in (  # records without line numbers are rows, the first one is row 1
+        "rows.jsonl row 2: field 'messages[1].content': empty assistant content",
+        "row 3: field 'messages[2]': the conversation ends with a user turn",
+        "row 4: field 'conversations[1].value': function_call is not valid JSON",
+        "row 5: field 'conversations'",
+        "row 6: field 'conversations[0].value'",
+        "row 7: field 'conversations[0].from': unknown role 'doctor'",
+        "row 8: field 'conversations': missing",
     ):
         assert needle in text, needle
-    assert "row 0" not in text
+    assert "row 1:" not in text
+
+
+def test_bad_rows_name_the_file_line_when_lines_are_known():
+    """Rows read from a .jsonl carry their line in the file (blank lines make it differ from the row)."""
+    with pytest.raises(DataError) as err:
+        normalize(ds(BAD_ROWS[:3]), file="rows.jsonl", numbers=[1, 3, 7])
+    text = str(err.value)
+    assert "rows.jsonl line 3: field 'messages[1].content'" in text and "rows.jsonl line 7: field" in text
+    out, _, _ = normalize(ds(BAD_ROWS[:1]), file="rows.jsonl", numbers=[4])
+    assert out[0]["row"] == 0 and out[0]["source"] == "rows.jsonl line 4"
 
 
 def test_bad_rows_error_lists_at_most_20_with_the_total():
@@ -234,8 +252,8 @@ def test_bad_rows_error_lists_at_most_20_with_the_total():
     with pytest.raises(DataError) as err:
         normalize(ds(rows))
     text = str(err.value)
-    assert "25 bad row(s) (empty_assistant: 25)" in text and "First 20:" in text
-    assert "row 19," in text and "row 20," not in text
+    assert "25 bad row(s) (empty_assistant: 25;" in text and "First 20:" in text
+    assert "row 20:" in text and "row 21:" not in text
 
 
 def test_bad_rows_skip_drops_and_counts():

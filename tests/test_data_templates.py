@@ -165,8 +165,8 @@ def test_template_that_masks_nothing_is_an_error(tokenizer):
 
     from medlab.data.tokenize import tokenize_dataset
 
-    rows = Dataset.from_list([{"messages": SINGLE, "tools": None, "row": 7}])
-    with pytest.raises(DataError, match="template 'tokenizer' masked nothing in row 7"):
+    rows = Dataset.from_list([{"messages": SINGLE, "tools": None, "row": 6, "source": "chat.jsonl line 8"}])
+    with pytest.raises(DataError, match="template 'tokenizer' masked nothing in chat.jsonl line 8"):
         tokenize_dataset(rows, tok, mode="sft", template=get_template("tokenizer", tok))
 
 
@@ -187,7 +187,7 @@ def test_template_render_errors_name_the_row(tokenizer):
     from medlab.data.tokenize import tokenize_dataset
 
     tok = _with_template(tokenizer, "{{ raise_exception('roles must alternate user/assistant') }}")
-    rows = Dataset.from_list([{"messages": SINGLE, "tools": None, "row": 7}])
+    rows = Dataset.from_list([{"messages": SINGLE, "tools": None, "row": 6}])  # no source: the 1-based row
     with pytest.raises(DataError, match="row 7: chat template 'tokenizer' failed to render: roles must alternate"):
         tokenize_dataset(rows, tok, mode="sft", template=get_template("tokenizer", tok))
 

@@ -52,7 +52,7 @@ def test_degenerate_rows_drop(tmp_path, tokenizer):
 
 
 def test_empty_row_is_an_error_by_default(tmp_path, tokenizer):
-    with pytest.raises(DataError, match="row 1, field 'messages\\[1\\].content': empty assistant content"):
+    with pytest.raises(DataError, match="rows.jsonl line 2: field 'messages\\[1\\].content': empty assistant content"):
         make(tmp_path).setup(tokenizer)
 
 

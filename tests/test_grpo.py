@@ -337,10 +337,10 @@ def test_bad_prompt_rows_error_with_file_row_and_field_or_are_counted(tmp_path, 
     with pytest.raises(DataError) as err:
         PromptData(path).setup(tok)
     msg = str(err.value)
-    assert "3 bad row(s)" in msg
-    assert f"{path} row 2: field 'question'" in msg and "missing or empty question" in msg
-    assert f"{path} row 3: field 'answer'" in msg and "'C' is not among the options (A, B)" in msg
-    assert f"{path} row 4: field 'options'" in msg
+    assert "3 bad row(s)" in msg and "line and row numbers count from 1" in msg
+    assert f"{path} line 2: field 'question'" in msg and "missing or empty question" in msg  # .jsonl: file lines
+    assert f"{path} line 3: field 'answer'" in msg and "'C' is not among the options (A, B)" in msg
+    assert f"{path} line 4: field 'options'" in msg
     skip = PromptData(path, on_bad_row="skip")
     counts = skip.setup(tok)
     assert len(skip.train_dataset) == 1 and counts["train/dropped_bad_question"] == 1

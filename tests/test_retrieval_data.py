@@ -234,18 +234,18 @@ def test_bad_rows_are_all_reported_with_file_row_and_field(tmp_path):
     with pytest.raises(DataError) as err:
         RetrievalData(pairs).setup(None)
     msg = str(err.value)
-    assert "4 bad row(s)" in msg and "on_bad_row=skip" in msg
-    for row, field in [(2, "question"), (3, "answer"), (4, "image"), (6, "answer")]:
-        assert f"{pairs}: row {row}: field {field!r}" in msg, msg
+    assert "4 bad row(s)" in msg and "on_bad_row=skip" in msg and "line and row numbers count from 1" in msg
+    for line, field in [(2, "question"), (3, "answer"), (4, "image"), (6, "answer")]:  # .jsonl: the file's line
+        assert f"{pairs} line {line}: field {field!r}" in msg, msg
     assert "image file not found" in msg and "nope.png" in msg
 
     with pytest.raises(DataError) as err:
         RetrievalData(triples, task="cross_encoder", score_range=[1, 4]).setup(None)
     msg = str(err.value)
     assert "4 bad row(s)" in msg
-    for row, field, why in [(2, "label", "outside [0, 1]"), (3, "score", "outside data.score_range"),
-                            (4, "score", "not a number"), (5, "doc", "empty")]:
-        assert f"{triples}: row {row}: field {field!r}" in msg and why in msg, msg
+    for line, field, why in [(2, "label", "outside [0, 1]"), (3, "score", "outside data.score_range"),
+                             (4, "score", "not a number"), (5, "doc", "empty")]:
+        assert f"{triples} line {line}: field {field!r}" in msg and why in msg, msg
 
 
 def test_on_bad_row_skip_counts_the_dropped_rows(tmp_path):
@@ -360,5 +360,5 @@ def test_a_nan_score_is_a_bad_row():
     mapped = {"query": "q", "doc": "d", "score": "s", "label": "l"}
     units = R.normalize_rows([{"q": "x", "d": "y", "s": float("nan"), "l": 1}], mapped, "triples", path="f.parquet",
                              errors=errors)
-    assert units == [] and errors.items == ["f.parquet: row 1: field 's': score is missing (NaN)"]
+    assert units == [] and errors.items == ["f.parquet row 1: field 's': score is missing (NaN)"]
     assert dict(errors.counts) == {"bad_score": 1}

@@ -81,6 +81,9 @@ def _check_trainer(cfg: DictConfig) -> list[str]:
     if _get(t, "compile_mode") not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
         out.append(f"trainer.compile_mode={_get(t, 'compile_mode')!r} is not one of null, default, reduce-overhead, "
                    "max-autotune, max-autotune-no-cudagraphs")
+    from medlab.config.threads import cpu_threads_problems
+
+    out += cpu_threads_problems(_get(t, "cpu_threads", "auto"))
     resume = _get(t, "resume")
     if resume not in (None, "", "null", "auto") and not Path(str(resume)).expanduser().exists():
         out.append(f"trainer.resume={resume!r}: no such checkpoint or run directory")
@@ -165,12 +168,35 @@ def _check_data(cfg: DictConfig, info: dict | None) -> list[str]:
         data = instantiate(cfg.data)
     except Exception as e:
         return [f"data: cannot build the data config: {_short(e)}"]
-    out = [f"data: {p}" for p in data.validate()]
+    out = [f"data: {p}" for p in data.validate()]  # reads every file: unparsable lines and bad rows show up here
     max_pos = (info or {}).get("max_position_embeddings")
     max_len = getattr(data, "max_length", None)
     if max_pos and max_len and max_len > max_pos:
         out.append(f"data.max_length={max_len} exceeds the model's maximum sequence length {max_pos}")
-    return out
+    return out + _check_validation_split(cfg, data)
+
+
+def _check_validation_split(cfg: DictConfig, data: Any) -> list[str]:
+    """A val/ monitor needs validation data, else run() returns NaN.
+
+    No validation rows (``val_size == 0`` after ``data.validate()``: no ``data.val_path`` and ``data.val_split``
+    holds out nothing) while ``trainer.monitor`` is a ``val/`` metric is a problem when validation is scheduled
+    (``trainer.val_every_n_steps``), and a warning when it is not (e.g. benchmarks that only time training).
+    """
+    import logging
+
+    monitor = str(_get(cfg, "trainer.monitor") or "")
+    if getattr(data, "val_size", None) != 0 or not monitor.startswith("val/"):
+        return []
+    where = ("data.val_path has no usable rows" if _get(cfg, "data.val_path") else
+             f"data.val_path is not set and data.val_split={_get(cfg, 'data.val_split')} holds out none of the rows")
+    why = f"the data has no validation rows ({where}), so trainer.monitor={monitor} would be NaN"
+    every = _get(cfg, "trainer.val_every_n_steps")
+    if every:
+        return [f"{why}: set data.val_split (e.g. 0.05) or data.val_path, or monitor a training metric "
+                f"(trainer.monitor=train/loss trainer.val_every_n_steps=null)"]
+    logging.getLogger("medlab").warning("%s; run() will return NaN", why)
+    return []
 
 
 def _check_objective(cfg: DictConfig) -> list[str]:
@@ -311,6 +337,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
         lambda: _check_trainer(cfg), lambda: _check_strategy(cfg), lambda: _check_objective(cfg),
         lambda: _check_retrieval(cfg), lambda: _check_rl(cfg),
         lambda: _check_loggers(cfg), lambda: _check_secrets(cfg),
+        lambda: importlib.import_module("medlab.config.keys").unknown_keys(cfg),  # typo'd `+key=...` settings
     ]
     for check in checks:
         problems += _safe(check)

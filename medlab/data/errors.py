@@ -1,11 +1,89 @@
-"""The one exception type of `medlab.data`.
+"""The one exception type of `medlab.data`, and how every data message says *where* a problem is.
 
 Every problem a user can fix in their data or data config (a missing file, a bad row, a template that
 masks nothing) raises `DataError`, so the CLI can print it without a traceback and tests can match it.
+
+Positions follow one convention in every data message (SFT/CPT data, retrieval data, prompt data), both
+numbers counting from 1:
+
+- ``FILE line N``: the N-th line of a line-oriented file (``.jsonl``, ``.txt``, ``.csv``, JSON lines saved as
+  ``.json``), i.e. the line an editor shows; also where a JSON/CSV parser stopped.
+- ``FILE row N``: the N-th record of a file that is not read line by line (a ``.json`` list, ``.parquet``, a
+  ``save_to_disk`` directory, in-memory rows).
+
+Messages that list positions say so ("line and row numbers count from 1").
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import NamedTuple
+
+MAX_LISTED = 20
+NUMBERING = "line and row numbers count from 1"
+UNPARSABLE = "unparsable"  # the reason (counter key) of a line/record that could not be parsed at all
+
 
 class DataError(ValueError):
     """A problem with the user's data files or data settings; the message says what and where."""
+
+
+def located(file: object, *, line: int | None = None, row: int | None = None) -> str:
+    """``"FILE line N"`` (1-based line of the file) or ``"FILE row N"`` (1-based record number)."""
+    return f"{file} line {line}" if line is not None else f"{file} row {row}"
+
+
+def record_location(file: object, index: int, numbers: Sequence[int] | None = None, unit: str = "line") -> str:
+    """Where the record at 0-based `index` of what was read from `file` is: ``"FILE <unit> numbers[index]"``
+    (`numbers`: the 1-based line, or record number, of each record read), or ``"FILE row index+1"``."""
+    if numbers is None:
+        return located(file, row=index + 1)
+    return f"{file} {'line' if unit == 'line' else 'row'} {numbers[index]}"
+
+
+def json_error(err: json.JSONDecodeError) -> str:
+    """``"<what> at column N"`` from a decoder error (some of its messages already end with "at": never "at at")."""
+    msg = err.msg[: -len(" at")] if err.msg.endswith(" at") else err.msg
+    return f"{msg} at column {err.colno}"
+
+
+class BadRow(NamedTuple):
+    """One bad line/record: `where` (``"FILE line N"`` / ``"FILE row N"``), the `field` (None when the whole
+    line is bad, e.g. not valid JSON), what is wrong, a short `reason` key (counted when skipped) and, when the
+    field was mapped from another column, that `column`."""
+
+    where: str
+    field: str | None
+    message: str
+    reason: str
+    column: str | None = None
+
+    def __str__(self) -> str:
+        if not self.field:
+            return f"{self.where}: {self.message}"
+        column = f" (column {self.column!r})" if self.column and self.column != self.field else ""
+        return f"{self.where}: field {self.field!r}{column}: {self.message}"
+
+
+def _summary(bad: Sequence[BadRow]) -> str:
+    by_reason = Counter(b.reason for b in bad)
+    return (
+        f"{len(bad)} bad row(s) ({', '.join(f'{r}: {n}' for r, n in by_reason.most_common())}; {NUMBERING}). "
+        "Fix them or set data.on_bad_row=skip to drop them (counted)"
+    )
+
+
+def describe_bad_rows(bad: Sequence[BadRow], limit: int = MAX_LISTED) -> str:
+    """One message: the totals by reason, then the first `limit` bad rows, one per line."""
+    head = f"{_summary(bad)}. {'First ' + str(limit) if len(bad) > limit else 'All'}:"
+    return "\n".join([head] + [f"  - {b}" for b in bad[:limit]])
+
+
+def bad_row_problems(bad: Sequence[BadRow], limit: int = MAX_LISTED) -> list[str]:
+    """The same as separate problems (for `validate()` lists): the summary, then the first `limit` rows."""
+    if not bad:
+        return []
+    more = f" (the first {limit} follow)" if len(bad) > limit else ""
+    return [_summary(bad) + more] + [str(b) for b in bad[:limit]]

@@ -9,11 +9,12 @@ Formats (named for the datasets that made them common):
 - `text`:     `text` (continued pretraining).
 
 Internal schema (docs/INTERFACES.md): chat rows are
-`{"messages": [{"role", "content", "tool_calls": [{"name", "arguments"}]}], "tools": str | None, "row": int}`,
-text rows `{"text", "row"}`. Tool-call `arguments` and `tools` are kept as JSON text so arrow stores every row
-with one schema; templates parse them back when rendering.
+`{"messages": [{"role", "content", "tool_calls": [{"name", "arguments"}]}], "tools": str | None, "row": int,
+"source": str}`, text rows `{"text", "row", "source"}` (`row`: 0-based index of the record in its file;
+`source`: "FILE line N" / "FILE row N", 1-based, for messages). Tool-call `arguments` and `tools` are kept as
+JSON text so arrow stores every row with one schema; templates parse them back when rendering.
 
-Bad rows are never silently trained on: each yields one `Problem` and the `on_bad_row` policy either raises
+Bad rows are never silently trained on: each yields one `BadRow` and the `on_bad_row` policy either raises
 one `DataError` listing them or drops them and returns the counts by reason.
 """
 
@@ -22,16 +23,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import datasets
 
-from medlab.data.errors import DataError
+from medlab.data.errors import MAX_LISTED, BadRow, DataError, describe_bad_rows, json_error, record_location
 
 FORMATS = ("alpaca", "sharegpt", "openai", "toolcall", "text")
 CHAT_FORMATS = ("alpaca", "sharegpt", "openai", "toolcall")
 CANONICAL_FIELDS = ("instruction", "input", "output", "system", "history", "conversations", "messages", "tools", "text")
-MAX_LISTED_PROBLEMS = 20
+MAX_LISTED_PROBLEMS = MAX_LISTED
 
 ROLE_ALIASES = {
     "system": "system",
@@ -56,20 +57,9 @@ MESSAGE = {
     "tool_calls": datasets.List(TOOL_CALL),
 }
 PROBLEM_COLUMNS = {name: datasets.Value("string") for name in ("_field", "_reason", "_message")}
-CHAT_FEATURES = datasets.Features(
-    {"messages": datasets.List(MESSAGE), "tools": datasets.Value("string"), "row": datasets.Value("int64")}
-)
-TEXT_FEATURES = datasets.Features({"text": datasets.Value("string"), "row": datasets.Value("int64")})
-
-
-class Problem(NamedTuple):
-    """One bad row: where it is (`file`, 0-based `row`, `field`), what is wrong, and a short `reason` key."""
-
-    file: str
-    row: int
-    field: str
-    message: str
-    reason: str
+LOCATION = {"row": datasets.Value("int64"), "source": datasets.Value("string")}
+CHAT_FEATURES = datasets.Features({"messages": datasets.List(MESSAGE), "tools": datasets.Value("string"), **LOCATION})
+TEXT_FEATURES = datasets.Features({"text": datasets.Value("string"), **LOCATION})
 
 
 class RowProblem(Exception):
@@ -83,9 +73,15 @@ class RowProblem(Exception):
 # ---------------------------------------------------------------------------------------------- columns
 
 
+def mapped_fields(fields: Mapping[str, str | None] | None) -> dict[str, str]:
+    """The entries of a `fields` mapping that map something (null = the canonical column name, not mapped)."""
+    return {canonical: user for canonical, user in (fields or {}).items() if user is not None}
+
+
 def rename_fields(dataset: datasets.Dataset, fields: Mapping[str, str] | None) -> datasets.Dataset:
-    """Rename user columns to canonical ones; `fields` maps canonical name -> user column name."""
-    mapping = {user: canonical for canonical, user in (fields or {}).items() if user != canonical}
+    """Rename user columns to canonical ones; `fields` maps canonical name -> user column name (null: not mapped)."""
+    fields = mapped_fields(fields)
+    mapping = {user: canonical for canonical, user in fields.items() if user != canonical}
     problems = field_mapping_problems(dataset.column_names, fields)
     if problems:
         raise DataError("; ".join(problems))
@@ -96,6 +92,8 @@ def field_mapping_problems(columns: Sequence[str], fields: Mapping[str, str] | N
     """What is wrong with a `fields` mapping for a file with these columns (empty list = nothing)."""
     problems = []
     for canonical, user in (fields or {}).items():
+        if user is None and canonical in CANONICAL_FIELDS:
+            continue  # null: not mapped
         if canonical not in CANONICAL_FIELDS:
             problems.append(f"fields: unknown canonical field {canonical!r} (known: {', '.join(CANONICAL_FIELDS)})")
         elif user not in columns:
@@ -105,7 +103,7 @@ def field_mapping_problems(columns: Sequence[str], fields: Mapping[str, str] | N
 
 def mapped_columns(columns: Sequence[str], fields: Mapping[str, str] | None) -> list[str]:
     """The column names after `rename_fields` (for checks that must not load the data)."""
-    rename = {user: canonical for canonical, user in (fields or {}).items()}
+    rename = {user: canonical for canonical, user in mapped_fields(fields).items()}
     return [rename.get(column, column) for column in columns]
 
 
@@ -269,7 +267,7 @@ def parse_tool_calls(value: str, where: str) -> list[dict]:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as err:
-        raise RowProblem(where, "bad_function_call", f"function_call is not valid JSON ({err.msg})") from None
+        raise RowProblem(where, "bad_function_call", f"function_call is not valid JSON ({json_error(err)})") from None
     calls = parsed if isinstance(parsed, list) else [parsed]
     if not calls:
         raise RowProblem(where, "bad_function_call", "function_call holds an empty list")
@@ -293,7 +291,7 @@ def arguments_json(arguments: Any, where: str) -> str:
             arguments = json.loads(arguments)
         except json.JSONDecodeError as err:
             raise RowProblem(
-                where, "bad_function_call", f"tool-call arguments are not valid JSON ({err.msg})"
+                where, "bad_function_call", f"tool-call arguments are not valid JSON ({json_error(err)})"
             ) from None
     return json.dumps(arguments, ensure_ascii=False)
 
@@ -305,7 +303,7 @@ def _tools(value: Any) -> str | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise RowProblem("tools", "bad_tools", f"tools is not valid JSON ({err.msg})") from None
+            raise RowProblem("tools", "bad_tools", f"tools is not valid JSON ({json_error(err)})") from None
     if not isinstance(value, (list, dict)):
         raise RowProblem("tools", "wrong_type", f"tools must be a JSON list of function schemas, got {value!r:.40}")
     return json.dumps(value, ensure_ascii=False) if value else None
@@ -349,45 +347,87 @@ def normalize(
     file: str = "<data>",
     on_bad_row: str = "error",
     system_prompt: str | None = None,
+    numbers: Sequence[int] | None = None,
+    unit: str = "line",
 ) -> tuple[datasets.Dataset, str, dict[str, int]]:
     """Normalize a raw dataset; returns (normalized dataset, the resolved format, counts of dropped rows by reason).
 
     `on_bad_row="error"` raises one `DataError` listing up to 20 problems and the total; `"skip"` drops the
-    bad rows and reports them as `{"bad_row/<reason>": n}` (the caller logs them).
+    bad rows and reports them as `{"bad_row/<reason>": n}` (the caller logs them). `numbers`: the 1-based
+    position of each record in `file`, in `unit`s (`line` or `row`; `readers.FileRecords`); without them
+    records are named "row N" (N from 1).
     """
     if on_bad_row not in ("error", "skip"):
         raise DataError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    rows, fmt, bad = normalize_collect(
+        dataset, fmt, fields=fields, file=file, system_prompt=system_prompt, numbers=numbers, unit=unit
+    )
+    if bad and on_bad_row == "error":
+        raise DataError(describe_bad_rows(bad))
+    return rows, fmt, bad_row_counts(bad)
+
+
+def bad_row_counts(bad: Sequence[BadRow]) -> dict[str, int]:
+    """`{"bad_row/<reason>": n}`: how the dropped rows are counted (logged, and `data/...` in metrics.json)."""
+    return dict(Counter(f"bad_row/{b.reason}" for b in bad))
+
+
+def normalize_collect(
+    dataset: datasets.Dataset,
+    fmt: str = "auto",
+    *,
+    fields: Mapping[str, str] | None = None,
+    file: str = "<data>",
+    system_prompt: str | None = None,
+    numbers: Sequence[int] | None = None,
+    unit: str = "line",
+) -> tuple[datasets.Dataset, str, list[BadRow]]:
+    """Normalize the good rows and collect every bad one: (normalized good rows, format, bad rows in order).
+
+    Raises `DataError` only for problems of the whole file (fields that do not fit, an undetectable format).
+    """
     dataset = rename_fields(dataset, fields)
     fmt = resolve_format(fmt, dataset.column_names, file)
     features = TEXT_FEATURES if fmt == "text" else CHAT_FEATURES
+    if numbers is not None and len(numbers) != len(dataset):
+        raise ValueError(f"{len(numbers)} positions for {len(dataset)} records")
     mapped = dataset.map(
         _normalize_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"fmt": fmt, "system_prompt": system_prompt},
+        fn_kwargs={"fmt": fmt, "system_prompt": system_prompt, "file": str(file), "numbers": numbers, "unit": unit},
         remove_columns=dataset.column_names,
         features=datasets.Features({**features, **PROBLEM_COLUMNS}),
         keep_in_memory=True,
+        new_fingerprint=datasets.fingerprint.generate_random_fingerprint(),  # numbers would be slow to hash
         desc=f"Normalizing {fmt} rows",
     )
-    problems = [
-        Problem(file, row, field, message, reason)
-        for row, field, reason, message in zip(mapped["row"], mapped["_field"], mapped["_reason"], mapped["_message"])
+    bad = [
+        BadRow(where, field, message, reason)
+        for where, field, reason, message in zip(
+            mapped["source"], mapped["_field"], mapped["_reason"], mapped["_message"]
+        )
         if reason is not None
     ]
-    if problems and on_bad_row == "error":
-        raise DataError(describe_problems(problems))
-    if problems:
+    if bad:
         mapped = mapped.filter(
             lambda reasons: [r is None for r in reasons], input_columns="_reason", batched=True, keep_in_memory=True
         )
-    counts = dict(Counter(f"bad_row/{p.reason}" for p in problems))
-    return mapped.remove_columns(list(PROBLEM_COLUMNS)), fmt, counts
+    return mapped.remove_columns(list(PROBLEM_COLUMNS)), fmt, bad
 
 
-def _normalize_batch(batch: dict[str, list], indices: list[int], *, fmt: str, system_prompt: str | None) -> dict:
+def _normalize_batch(
+    batch: dict[str, list],
+    indices: list[int],
+    *,
+    fmt: str,
+    system_prompt: str | None,
+    file: str,
+    numbers: Sequence[int] | None,
+    unit: str,
+) -> dict:
     columns = list(batch)
-    out: dict[str, list] = {name: [] for name in ("row", "_field", "_reason", "_message")}
+    out: dict[str, list] = {name: [] for name in ("row", "source", "_field", "_reason", "_message")}
     out.update({"text": []} if fmt == "text" else {"messages": [], "tools": []})
     for position, row in enumerate(indices):
         record = {column: batch[column][position] for column in columns}
@@ -401,18 +441,12 @@ def _normalize_batch(batch: dict[str, list], indices: list[int], *, fmt: str, sy
         for key, value in normalized.items():
             out[key].append(value)
         out["row"].append(row)
+        out["source"].append(record_location(file, row, numbers, unit))
         for key, value in zip(("_field", "_reason", "_message"), problem):
             out[key].append(value)
     return out
 
 
-def describe_problems(problems: Sequence[Problem], limit: int = MAX_LISTED_PROBLEMS) -> str:
-    """One message listing the first `limit` problems and the totals by reason."""
-    by_reason = Counter(p.reason for p in problems)
-    lines = [
-        f"{len(problems)} bad row(s) ({', '.join(f'{r}: {n}' for r, n in by_reason.most_common())}); "
-        f"rows count from 0. Fix them or set data.on_bad_row=skip to drop them. "
-        f"{'First ' + str(limit) if len(problems) > limit else 'All'}:"
-    ]
-    lines += [f"  {p.file}: row {p.row}, field {p.field!r}: {p.message}" for p in problems[:limit]]
-    return "\n".join(lines)
+def describe_problems(problems: Sequence[BadRow], limit: int = MAX_LISTED_PROBLEMS) -> str:
+    """One message listing the first `limit` bad rows and the totals by reason (see `medlab.data.errors`)."""
+    return describe_bad_rows(problems, limit)

@@ -1,7 +1,7 @@
 """`CausalLMData`: the data object that `conf/data/*.yaml` instantiates for causal-LM objectives.
 
     data = CausalLMData(path="sft.jsonl", template="chatml", max_length=1024)
-    problems = data.validate()        # cheap, no tokenizer: files, format, columns, names
+    problems = data.validate()        # no tokenizer: options, and every file read + checked row by row
     counts = data.setup(tokenizer)    # read -> normalize -> tokenize (cached) -> filter/pack
     batch = data.collate([data.train_dataset[i] for i in range(8)])
 
@@ -11,7 +11,9 @@ this class only holds the settings and wires them together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,18 +22,21 @@ import datasets
 
 from medlab.data import cache
 from medlab.data.collate import collate_padded, collate_padding_free
-from medlab.data.errors import DataError
+from medlab.data.errors import BadRow, DataError, bad_row_problems, describe_bad_rows
 from medlab.data.formats import (
     CHAT_FORMATS,
     FORMATS,
+    bad_row_counts,
     detect_format,
     field_mapping_problems,
     format_problems,
     mapped_columns,
-    normalize,
+    mapped_fields,
+    normalize_collect,
 )
 from medlab.data.packing import pack_blocks
-from medlab.data.readers import FILE_TYPES, as_path_list, check_exists, peek_records, read_file
+from medlab.data.readers import as_path_list, check_exists, read_located
+from medlab.data.split import held_out_count, split_option_problems
 from medlab.data.templates import TEMPLATE_NAMES, get_template
 from medlab.data.tokenize import MODES, TRUNCATION_POLICIES, require_eos_id, tokenize_dataset
 
@@ -44,15 +49,19 @@ class CausalLMData:
     Args:
         path: data file(s) or saved-dataset dir(s); a list is concatenated.
         val_path: validation file(s); if None and `val_split > 0`, that fraction of the rows is held out
-            with a fixed seed (split before tokenization/packing, so no document is in both).
+            with a fixed seed (split before tokenization/packing, so no document is in both), at least
+            `val_split_min` rows (never more than a quarter of a small file) and at most `val_split_max`
+            (null = no cap); see `medlab.data.split`.
         format: `auto` (detect from columns) or one of alpaca, sharegpt, openai, toolcall, text.
-        fields: rename user columns to canonical ones, e.g. `{instruction: question, output: answer}`.
+        fields: rename user columns to canonical ones, e.g. `{instruction: question, output: answer}`; a null
+            value means "not mapped" (the canonical column name is used).
         mode: `sft` (chat rows, train on assistant turns) or `cpt` (text rows, train on everything).
         template: chat template name (chatml, llama3, chatglm3, baichuan2, deepseek) or `tokenizer`.
         system_prompt: system message inserted into rows that have none (None = leave rows as they are).
         max_length: longest SFT example / CPT block length, in tokens.
         truncation: `truncate` (cut, keep EOS) or `drop` for SFT rows longer than max_length.
-        on_bad_row: `error` (raise listing the bad rows) or `skip` (drop them, counted).
+        on_bad_row: `error` (raise listing the bad rows) or `skip` (drop them, counted). Lines that do not
+            parse at all (not JSON, not UTF-8, ...) are bad rows too (reason `unparsable`).
         packing: SFT only: padding-free collation (examples concatenated into one row). CPT is always packed.
         limit: use only the first N rows of the train (and val) data, for smoke tests.
         cache_dir: where tokenized datasets are cached (None = no cache).
@@ -63,6 +72,8 @@ class CausalLMData:
         path: str | Sequence[str],
         val_path: str | Sequence[str] | None = None,
         val_split: float = 0.0,
+        val_split_min: int = 1,
+        val_split_max: int | None = None,
         format: str = "auto",
         fields: Mapping[str, str] | None = None,
         mode: str = "sft",
@@ -81,9 +92,10 @@ class CausalLMData:
     ):
         self.paths = _paths(path)
         self.val_paths = _paths(val_path) if val_path else []
-        self.val_split = float(val_split)
+        self.val_split = val_split
+        self.val_split_min, self.val_split_max = val_split_min, val_split_max
         self.format = format
-        self.fields = dict(fields) if fields else None
+        self.fields = mapped_fields(fields) or None  # null entries = not mapped
         self.mode = mode
         self.template = template
         self.system_prompt = system_prompt
@@ -101,14 +113,34 @@ class CausalLMData:
         self.val_dataset: datasets.Dataset | None = None
         self.counts: dict[str, int] = {}
         self.pad_id: int | None = None
+        self.val_size: int | None = None  # validation rows, known after validate() (0 = no validation)
 
     # ------------------------------------------------------------------------------------------ checks
 
     def validate(self) -> list[str]:
-        """Every problem found without a tokenizer (files, format, columns, option values); [] if none."""
+        """Every problem found without a tokenizer; [] if none.
+
+        Options, then every file read in full: unparsable lines, columns vs format/fields/mode, and each row
+        checked as setup would (with `on_bad_row=error` every bad row is a problem). Sets `val_size`.
+        """
         problems = self._option_problems()
-        for path in self.paths + self.val_paths:
-            problems += self._file_problems(path)
+        counts: dict[str, int] = {}
+        sizes = {}
+        for split, paths in (("train", self.paths), ("val", self.val_paths)):
+            if not paths:
+                continue
+            with _no_progress_bars():  # a check, not work to watch
+                rows, file_problems, bad = self._load(paths, split, counts)
+            problems += file_problems
+            if bad and self.on_bad_row != "skip":
+                problems += bad_row_problems(bad)
+            elif bad and (rows is None or len(rows) == 0):  # on_bad_row=skip dropped everything
+                problems.append(_nothing_left(split, counts))
+            sizes[split] = len(rows) if rows is not None else None
+        if self.val_paths:
+            self.val_size = sizes.get("val")
+        elif sizes.get("train") is not None:
+            self.val_size = self._val_count(sizes["train"])
         return problems
 
     def _option_problems(self) -> list[str]:
@@ -125,8 +157,7 @@ class CausalLMData:
                 problems.append(f"data.{name}={value!r} is not one of {', '.join(allowed)}")
         if not (isinstance(self.max_length, int) and self.max_length >= 2):
             problems.append(f"data.max_length must be an integer >= 2, got {self.max_length!r}")
-        if not 0.0 <= self.val_split < 1.0:
-            problems.append(f"data.val_split must be in [0, 1), got {self.val_split}")
+        problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
         for name in ("batch_size", "val_batch_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -136,36 +167,83 @@ class CausalLMData:
             problems.append(_mode_mismatch(self.mode, self.format))
         return problems
 
-    def _file_problems(self, path: Path) -> list[str]:
-        try:
-            check_exists(path)
-            if path.is_file() and path.suffix.lower() not in FILE_TYPES:
-                return [f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(FILE_TYPES)})"]
-            rows = peek_records(path)
-        except DataError as err:
-            return [str(err)]
-        if not rows:
-            return [f"{path}: contains no records"]
-        columns = list(dict.fromkeys(key for row in rows for key in row))
+    def _val_count(self, n_rows: int) -> int:
+        if self.val_paths or not isinstance(self.val_split, (int, float)):
+            return 0
+        return held_out_count(n_rows, float(self.val_split), self.val_split_min, self.val_split_max)
+
+    def _load(
+        self, paths: list[Path], split: str, counts: dict[str, int]
+    ) -> tuple[datasets.Dataset | None, list[str], list[BadRow]]:
+        """Read and normalize the files of one split: (good rows, file problems, bad rows); the caller applies
+        `on_bad_row`. File problems: missing/unreadable files, columns that fit no format, fields or mode."""
+        parts, problems, bad, remaining = [], [], [], self.limit
+        for path in paths:
+            if remaining == 0:
+                break
+            try:
+                read = read_located(path, limit=remaining)
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            raw = read.dataset
+            if remaining is not None:
+                remaining -= len(raw)
+            bad += read.unparsable
+            _add(counts, split, {"read": len(raw), **bad_row_counts(read.unparsable)})
+            if len(raw) == 0:
+                continue  # nothing parsed: the unparsable lines say why
+            file_problems, fmt = self._column_problems(path, raw.column_names)
+            if file_problems or not _mode_accepts(self.mode, fmt):
+                problems += file_problems  # an explicit format that does not fit the mode is an option problem
+                continue
+            try:
+                rows, fmt, row_bad = normalize_collect(
+                    raw,
+                    fmt,
+                    fields=self.fields,
+                    file=str(path),
+                    system_prompt=self.system_prompt,
+                    numbers=read.numbers,
+                    unit=read.unit,
+                )
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            bad += row_bad
+            _add(counts, split, bad_row_counts(row_bad))
+            parts.append(rows)
+        rows = None
+        if parts:
+            rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        return rows, problems, bad
+
+    def _column_problems(self, path: Path, columns: list[str]) -> tuple[list[str], str]:
+        """Problems of a file's columns against fields / format / mode, and the format it resolves to."""
         problems = [f"{path}: {p}" for p in field_mapping_problems(columns, self.fields)]
         columns = mapped_columns(columns, self.fields)
         fmt = detect_format(columns) if self.format == "auto" else self.format
         if fmt is None:
             return problems + [
                 f"{path}: cannot detect the format from columns {columns}; set data.format and/or data.fields"
-            ]
+            ], "auto"
         if fmt not in FORMATS:
-            return problems
+            return problems, fmt  # reported with the options
         problems += [f"{path}: {p}" for p in format_problems(fmt, columns)]
         if self.format == "auto" and self.mode in MODES and not _mode_accepts(self.mode, fmt):
             problems.append(f"{path}: {_mode_mismatch(self.mode, fmt)}")
-        return problems
+        return problems, fmt
 
     # ------------------------------------------------------------------------------------------ setup
 
     def setup(self, tokenizer: Any) -> dict[str, int]:
         """Read, normalize, tokenize (or load from cache), filter/pack; returns kept/dropped counts by reason."""
-        problems = self.validate()
+        problems = self._option_problems()
+        for path in self.paths + self.val_paths:
+            try:
+                check_exists(path)
+            except DataError as err:
+                problems.append(str(err))
         if problems:
             raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else require_eos_id(tokenizer)
@@ -178,6 +256,9 @@ class CausalLMData:
             self.train_dataset, self.val_dataset, self.counts = self._build(tokenizer)
             if entry is not None:
                 cache.save_entry(entry, self.train_dataset, self.val_dataset, self.counts)
+        if self.val_dataset is None:
+            log.warning("data: no validation rows (data.val_path is not set and data.val_split=%s holds out none): "
+                        "nothing is validated, so a val/ metric stays NaN", self.val_split)
         log.info("data: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
         return dict(self.counts)
 
@@ -186,10 +267,9 @@ class CausalLMData:
         train_rows = self._rows(self.paths, "train", counts)
         if self.val_paths:
             val_rows = self._rows(self.val_paths, "val", counts)
-        elif self.val_split > 0:
-            train_rows, val_rows = _hold_out(train_rows, self.val_split, self.seed)
         else:
-            val_rows = None
+            n_val = self._val_count(len(train_rows))
+            train_rows, val_rows = _hold_out(train_rows, n_val, self.seed) if n_val else (train_rows, None)
         template = get_template(self.template, tokenizer) if self.mode == "sft" else None
         if template is not None:
             _warn_if_end_of_turn_is_split(template, tokenizer)
@@ -198,31 +278,15 @@ class CausalLMData:
         return train, val, counts
 
     def _rows(self, paths: list[Path], split: str, counts: dict[str, int]) -> datasets.Dataset:
-        parts, remaining = [], self.limit
-        for path in paths:
-            if remaining == 0:
-                break
-            raw = read_file(path)
-            if remaining is not None:
-                raw = raw.select(range(min(remaining, len(raw))))
-                remaining -= len(raw)
-            rows, fmt, dropped = normalize(
-                raw,
-                self.format,
-                fields=self.fields,
-                file=str(path),
-                on_bad_row=self.on_bad_row,
-                system_prompt=self.system_prompt,
-            )
-            if not _mode_accepts(self.mode, fmt):
-                raise DataError(f"{path}: {_mode_mismatch(self.mode, fmt)}")
-            _add(counts, split, {"read": len(raw), **dropped})
-            for reason, n in dropped.items():
-                log.warning("data: %s: dropped %d row(s): %s", path, n, reason)
-            parts.append(rows)
-        rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        if len(rows) == 0:
-            raise DataError(f"no {split} rows left after dropping bad rows: {_split_counts(counts, split)}")
+        rows, problems, bad = self._load(paths, split, counts)
+        if problems:
+            raise DataError("invalid data:\n  - " + "\n  - ".join(problems))
+        if bad and self.on_bad_row != "skip":
+            raise DataError(describe_bad_rows(bad))
+        if bad:
+            _log_dropped(bad)
+        if rows is None or len(rows) == 0:
+            raise DataError(_nothing_left(split, counts))
         return rows
 
     def _tokenized(
@@ -233,7 +297,7 @@ class CausalLMData:
         )
         _add(counts, split, dropped)
         if self.mode == "cpt":
-            tokenized, packed = pack_blocks(tokenized, self.max_length)
+            tokenized, packed = pack_blocks(tokenized, self.max_length, allow_short=split == "val")
             _add(counts, split, packed)
         if len(tokenized) == 0:
             raise DataError(f"no {split} examples left after tokenization: {_split_counts(counts, split)}")
@@ -252,6 +316,8 @@ class CausalLMData:
                     name: getattr(self, name)
                     for name in (
                         "val_split",
+                        "val_split_min",
+                        "val_split_max",
                         "format",
                         "fields",
                         "mode",
@@ -310,13 +376,31 @@ def _warn_if_end_of_turn_is_split(template, tokenizer: Any) -> None:
         )
 
 
-def _hold_out(rows: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split off `fraction` of the rows (at least one) with a fixed seed."""
-    n_val = max(1, round(len(rows) * fraction))
-    if n_val >= len(rows):
-        raise DataError(f"val_split={fraction} leaves no training rows out of {len(rows)}")
+def _hold_out(rows: datasets.Dataset, n_val: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split off `n_val` rows (`medlab.data.split.held_out_count`) with a fixed seed."""
     split = rows.train_test_split(test_size=n_val, seed=seed, shuffle=True, keep_in_memory=True)
     return split["train"], split["test"]
+
+
+def _log_dropped(bad: Sequence[BadRow]) -> None:
+    for (file, reason), n in Counter((b.where.rsplit(" ", 2)[0], b.reason) for b in bad).items():
+        example = next(b for b in bad if b.reason == reason and b.where.startswith(file))
+        log.warning("data: %s: dropped %d bad row(s): %s (e.g. %s)", file, n, reason, example)
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not disabled:
+            datasets.enable_progress_bars()
+
+
+def _nothing_left(split: str, counts: dict[str, int]) -> str:
+    return f"no {split} rows left after dropping bad rows: {_split_counts(counts, split)}"
 
 
 def _add(counts: dict[str, int], split: str, values: Mapping[str, int]) -> None:

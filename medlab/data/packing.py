@@ -20,11 +20,20 @@ from medlab.data.errors import DataError
 from medlab.data.tokenize import IGNORE_INDEX
 
 
-def pack_blocks(dataset: datasets.Dataset, block_size: int) -> tuple[datasets.Dataset, dict[str, int]]:
-    """Pack tokenized documents (`input_ids`) into blocks; returns (blocks dataset, counts)."""
+def pack_blocks(
+    dataset: datasets.Dataset, block_size: int, *, allow_short: bool = False
+) -> tuple[datasets.Dataset, dict[str, int]]:
+    """Pack tokenized documents (`input_ids`) into blocks; returns (blocks dataset, counts).
+
+    `allow_short` (validation data): when the documents hold fewer tokens than one block, they become one
+    shorter block instead of an error, so a small held-out split still validates (counted as `short_block`).
+    """
     column = dataset.with_format("arrow")[:]["input_ids"].combine_chunks()
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
     tokens = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int32)
+    short = allow_short and 2 <= len(tokens) < block_size
+    if short:
+        block_size = len(tokens)
     input_ids, position_ids, labels = pack_arrays(tokens, lengths, block_size)
     n_blocks = len(input_ids) // block_size
     if n_blocks == 0:
@@ -42,6 +51,7 @@ def pack_blocks(dataset: datasets.Dataset, block_size: int) -> tuple[datasets.Da
         "documents": int(len(lengths)),
         "blocks": n_blocks,
         "partial_block_tokens_dropped": int(len(tokens) - len(input_ids)),
+        **({"short_block": 1} if short else {}),
     }
     return datasets.Dataset(table), counts
 

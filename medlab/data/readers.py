@@ -8,6 +8,14 @@ everything fails with a `DataError` a user can act on.
 
 Supported: `.jsonl`, `.json` (a list of records, a dict of columns, or JSON lines), `.csv`, `.parquet`,
 `.txt` (one `text` row per non-empty line) and directories written by `Dataset.save_to_disk`.
+
+`read_located` is the lenient reader the data classes use: a line (or record) that cannot be parsed (not
+JSON, not an object, not UTF-8, more CSV fields than the header) does not stop the read; it comes back as
+a `BadRow` (reason `unparsable`) beside the records that did parse, with each record's 1-based line in the
+file (line-oriented files) so later row checks can name the same line. Problems with the whole file
+(missing, empty, unreadable parquet, a `.json` document that is not JSON) raise `DataError`.
+`read_records` / `read_file` are strict: any unparsable line raises, listing every one of them.
+Positions follow `medlab.data.errors` ("line N" = line of the file, "row N" = N-th record; from 1).
 """
 
 from __future__ import annotations
@@ -15,14 +23,40 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
 
-from medlab.data.errors import DataError
+from medlab.data.errors import UNPARSABLE, BadRow, DataError, describe_bad_rows, json_error, located, record_location
 
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+@dataclass
+class FileRecords:
+    """One file read by `read_located`.
+
+    `dataset`: the records that parsed; `numbers`: the 1-based position of each of them in the file, in `unit`s
+    (`"line"`: line-oriented files; `"row"`: the N-th record of a .json list; None = records 1, 2, ... as rows);
+    `unparsable`: the lines/records that could not be parsed, in file order.
+    """
+
+    path: Path
+    dataset: datasets.Dataset
+    numbers: list[int] | None = None
+    unit: str = "line"
+    unparsable: list[BadRow] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[int] | None:
+        """The 1-based line of each record (line-oriented files), else None."""
+        return self.numbers if self.unit == "line" else None
+
+    def where(self, index: int) -> str:
+        """``"FILE line N"`` / ``"FILE row N"`` of the record at 0-based `index` of `dataset`."""
+        return record_location(self.path, index, self.numbers, self.unit)
 
 
 def as_path_list(path: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -35,13 +69,16 @@ def as_path_list(path: str | Path | Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def read_records(path: str | Path | Iterable[str | Path], *, split: str | None = None) -> datasets.Dataset:
+def read_records(
+    path: str | Path | Iterable[str | Path], *, split: str | None = None, skip_unparsable: bool = False
+) -> datasets.Dataset:
     """Read one file, a saved dataset directory, or a list of them (concatenated in order).
 
     `split` picks the split of a saved `DatasetDict` directory (default: `train`, or its only split).
-    Raises `DataError` for a missing, empty or unparseable file.
+    Raises `DataError` for a missing, empty or unparseable file; with `skip_unparsable` the lines that do
+    not parse are left out instead (as `data.on_bad_row=skip` does).
     """
-    parts = [read_file(p, split=split) for p in as_path_list(path)]
+    parts = [read_file(p, split=split, skip_unparsable=skip_unparsable) for p in as_path_list(path)]
     if len(parts) == 1:
         return parts[0]
     try:
@@ -51,20 +88,33 @@ def read_records(path: str | Path | Iterable[str | Path], *, split: str | None =
         raise DataError(f"cannot concatenate files with different columns {columns}: {err}") from None
 
 
-def read_file(path: str | Path, *, split: str | None = None) -> datasets.Dataset:
+def read_file(path: str | Path, *, split: str | None = None, skip_unparsable: bool = False) -> datasets.Dataset:
     """Read one file or saved-dataset directory (see `read_records`)."""
+    result = read_located(path, split=split)
+    if result.unparsable and not skip_unparsable:
+        raise DataError(describe_bad_rows(result.unparsable))
+    if len(result.dataset) == 0:
+        raise DataError(f"{result.path}: no record could be parsed")
+    return result.dataset
+
+
+def read_located(path: str | Path, *, split: str | None = None, limit: int | None = None) -> FileRecords:
+    """Read one file leniently (see the module docstring); `limit` stops after that many parsed records."""
     path = Path(path)
     check_exists(path)
     if path.is_dir():
-        dataset = _read_saved(path, split)
+        result = FileRecords(path, _read_saved(path, split))
     else:
         reader = _READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(FILE_TYPES)})")
-        dataset = reader(path)
-    if len(dataset) == 0:
+        result = reader(path, limit)
+    if limit is not None and len(result.dataset) > limit:
+        result.dataset = result.dataset.select(range(limit))
+        result.numbers = result.numbers[:limit] if result.numbers is not None else None
+    if len(result.dataset) == 0 and not result.unparsable:
         raise DataError(f"{path}: contains no records")
-    return dataset
+    return result
 
 
 def check_exists(path: Path) -> None:
@@ -76,22 +126,16 @@ def check_exists(path: Path) -> None:
 
 
 def peek_records(path: str | Path, n: int = 5) -> list[dict]:
-    """The first `n` records of one file, read cheaply (for config validation before any tokenizer loads)."""
+    """The first `n` records of one file, read cheaply (unparsable lines are passed over)."""
     path = Path(path)
     check_exists(path)
     suffix = path.suffix.lower()
-    if path.is_dir():
-        dataset = _read_saved(path, None)
-        return dataset.select(range(min(n, len(dataset)))).to_list()
-    if suffix == ".jsonl":
-        return _first(_iter_jsonl(path), n)
-    if suffix == ".txt":
-        return _first(({"text": line} for line in _iter_text_lines(path)), n)
-    if suffix == ".csv":
-        return _first(_iter_csv(path), n)
-    if suffix == ".parquet":
+    if suffix == ".parquet" and path.is_file():
         return _read_parquet_head(path, n)
-    dataset = read_file(path)
+    if path.is_dir() or suffix in (".jsonl", ".txt", ".csv"):
+        dataset = read_located(path, limit=n).dataset
+    else:
+        dataset = read_file(path)
     return dataset.select(range(min(n, len(dataset)))).to_list()
 
 
@@ -117,111 +161,161 @@ def _infer_column(column: str, values: list) -> tuple[str, object]:
     return column, datasets.Features.from_arrow_schema(pa.schema([(column, arrow_type)]))[column]
 
 
-def _first(items: Iterator[dict], n: int) -> list[dict]:
-    out: list[dict] = []
-    if n <= 0:
-        return out
-    for item in items:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
+# ---------------------------------------------------------------------------------------------- text lines
 
 
-def _open_text(path: Path):
-    return open(path, encoding="utf-8", newline="")
+def _lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(1-based line number, the line without its line end, None) or (number, None, why) for a non-UTF-8 line.
+
+    Lines are split as text mode with ``newline=""`` does (on \\n, \\r\\n and \\r); a UTF-8 BOM is dropped.
+    """
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            line = line.rstrip("\r\n")
+            bad = _not_utf8(line)
+            yield (lineno, None, bad) if bad else (lineno, line, None)
 
 
-def _decode_guard(path: Path, fn):
+def _not_utf8(text: str) -> str | None:
     try:
-        return fn()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # undecodable bytes come back as lone surrogates (surrogateescape)
+        return f"not UTF-8 text (an invalid byte at column {err.start + 1}; save the file as UTF-8)"
+    return None
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict]:
-    with _open_text(path) as handle:
-        for lineno, line in enumerate(_decode_lines(path, handle), start=1):
-            if line.strip():
-                yield _parse_json_line(path, lineno, line)
-
-
-def _decode_lines(path: Path, handle) -> Iterator[str]:
+def _parse_json_line(text: str) -> tuple[dict | None, str | None]:
     try:
-        yield from handle
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-
-
-def _parse_json_line(path: Path, lineno: int, line: str) -> dict:
-    try:
-        record = json.loads(line)
+        record = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: line {lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
+        return None, f"not valid JSON ({json_error(err)})"
     if not isinstance(record, dict):
-        raise DataError(f"{path}: line {lineno} is a JSON {type(record).__name__}, expected an object")
-    return record
+        return None, f"a JSON {type(record).__name__}, expected an object"
+    return record, None
 
 
-def _read_jsonl(path: Path) -> datasets.Dataset:
-    return records_to_dataset(list(_iter_jsonl(path)))
+def _jsonl(path: Path, limit: int | None) -> FileRecords:
+    records, lines, bad = [], [], []
+    for lineno, text, why in _lines(path):
+        if limit is not None and len(records) >= limit:
+            break
+        if text is not None and not text.strip():
+            continue
+        record, why = _parse_json_line(text) if why is None else (None, why)
+        if why is not None:
+            bad.append(BadRow(located(path, line=lineno), None, why, UNPARSABLE))
+            continue
+        records.append(record)
+        lines.append(lineno)
+    return FileRecords(path, records_to_dataset(records), lines, "line", bad)
 
 
-def _read_json(path: Path) -> datasets.Dataset:
-    text = _decode_guard(path, lambda: path.read_text(encoding="utf-8"))
+def _txt(path: Path, limit: int | None) -> FileRecords:
+    texts, lines, bad = [], [], []
+    for lineno, text, why in _lines(path):
+        if limit is not None and len(texts) >= limit:
+            break
+        if why is not None:
+            bad.append(BadRow(located(path, line=lineno), None, why, UNPARSABLE))
+        elif text.strip():
+            texts.append(text)
+            lines.append(lineno)
+    if not texts and not bad:
+        raise DataError(f"{path}: contains no non-empty lines")
+    return FileRecords(path, datasets.Dataset.from_dict({"text": texts}), lines, "line", bad)
+
+
+def _json(path: Path, limit: int | None) -> FileRecords:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # JSON lines saved with a .json name
-            return _read_jsonl(path)
-        raise DataError(f"{path}: line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
-    return records_to_dataset(_json_records(path, data))
+            return _jsonl(path, limit)
+        raise DataError(
+            f"{located(path, line=err.lineno)}: not valid JSON ({json_error(err)}; line numbers count from 1); "
+            "a .json file is one JSON document, so nothing of it can be read (one record per line: use .jsonl)"
+        ) from None
+    records, rows, bad = _json_records(path, data)
+    if limit is not None:
+        records, rows = records[:limit], rows[:limit] if rows is not None else None
+    return FileRecords(path, records_to_dataset(records), rows, "row", bad)
 
 
-def _json_records(path: Path, data) -> list[dict]:
+def _json_records(path: Path, data) -> tuple[list[dict], list[int] | None, list[BadRow]]:
+    """(records, the 1-based record number of each when some were left out, else None, bad records)."""
     if isinstance(data, list):
+        records, rows, bad = [], [], []
         for index, record in enumerate(data):
-            if not isinstance(record, dict):
-                raise DataError(f"{path}: record {index} is a JSON {type(record).__name__}, expected an object")
-        return data
+            if isinstance(record, dict):
+                records.append(record)
+                rows.append(index + 1)
+            else:
+                why = f"a JSON {type(record).__name__}, expected an object"
+                bad.append(BadRow(located(path, row=index + 1), None, why, UNPARSABLE))
+        return records, rows if bad else None, bad
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
-            return [dict(zip(lists, row)) for row in zip(*lists.values())]  # a dict of columns
-        if len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
-            return next(iter(lists.values()))  # {"data": [records...]}
+            return [dict(zip(lists, row)) for row in zip(*lists.values())], None, []  # a dict of columns
+        if len(lists) == 1:
+            return _json_records(path, next(iter(lists.values())))  # {"data": [records...]}
     raise DataError(f"{path}: expected a JSON list of records or a dict of equal-length columns")
 
 
-def _iter_csv(path: Path) -> Iterator[dict]:
-    with _open_text(path) as handle:
-        reader = csv.DictReader(_decode_lines(path, handle))
-        try:
-            for record in reader:
-                if None in record:
-                    raise DataError(f"{path}: line {reader.line_num} has more fields than the header")
-                yield record
-        except csv.Error as err:
-            raise DataError(f"{path}: line {reader.line_num} is not valid CSV ({err})") from None
-
-
-def _read_csv(path: Path) -> datasets.Dataset:
-    records = list(_iter_csv(path))
-    if not records:
+def _csv(path: Path, limit: int | None) -> FileRecords:
+    records, lines, bad = [], [], []
+    header: list[str] | None = None
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        while limit is None or len(records) < limit:
+            start = reader.line_num + 1  # the line this record starts on
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                bad.append(BadRow(located(path, line=start), None, f"not valid CSV ({err})", UNPARSABLE))
+                if reader.line_num < start:  # nothing consumed: stop rather than loop
+                    break
+                continue
+            if not row:
+                continue  # a blank line
+            why = next((w for w in map(_not_utf8, row) if w), None)
+            if header is None:
+                if why:
+                    raise DataError(f"{located(path, line=start)}: the CSV header is {why}")
+                header = [row[0].removeprefix("\ufeff"), *row[1:]]
+                continue
+            if why is None and len(row) > len(header):
+                why = f"{len(row)} fields, more than the {len(header)} of the header"
+            if why is not None:
+                bad.append(BadRow(located(path, line=start), None, why, UNPARSABLE))
+                continue
+            records.append(dict(zip(header, row + [None] * (len(header) - len(row)))))
+            lines.append(start)
+    if not records and not bad:
         raise DataError(f"{path}: contains no records (only a header?)")
-    return datasets.Dataset.from_list(records)
+    dataset = datasets.Dataset.from_list(records) if records else datasets.Dataset.from_dict({})
+    return FileRecords(path, dataset, lines, "line", bad)
 
 
-def _read_parquet(path: Path) -> datasets.Dataset:
+def _parquet(path: Path, limit: int | None) -> FileRecords:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not a readable parquet file ({err})") from None
-    return datasets.Dataset(table)
+    return FileRecords(path, datasets.Dataset(table))
 
 
 def _read_parquet_head(path: Path, n: int) -> list[dict]:
@@ -232,21 +326,6 @@ def _read_parquet_head(path: Path, n: int) -> list[dict]:
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not a readable parquet file ({err})") from None
     return [] if batch is None else batch.to_pylist()
-
-
-def _iter_text_lines(path: Path) -> Iterator[str]:
-    with _open_text(path) as handle:
-        for line in _decode_lines(path, handle):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
-
-
-def _read_txt(path: Path) -> datasets.Dataset:
-    lines = list(_iter_text_lines(path))
-    if not lines:
-        raise DataError(f"{path}: contains no non-empty lines")
-    return datasets.Dataset.from_dict({"text": lines})
 
 
 def _read_saved(path: Path, split: str | None) -> datasets.Dataset:
@@ -270,9 +349,9 @@ def _pick_split(path: Path, splits: datasets.DatasetDict, split: str | None) -> 
 
 
 _READERS = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
-    ".txt": _read_txt,
+    ".jsonl": _jsonl,
+    ".json": _json,
+    ".csv": _csv,
+    ".parquet": _parquet,
+    ".txt": _txt,
 }

@@ -69,6 +69,33 @@ def get_template(name: str, tokenizer: Any = None) -> ChatTemplate:
     return ChatTemplate(name, END_OF_TURN[name], source, render_fn)
 
 
+def with_default_system(source: str, system_prompt: str | None) -> str:
+    """The chat template `source`, made to insert `system_prompt` as the system message of a conversation
+    that has none, exactly as the data pipeline does before rendering (`formats.add_default_system`,
+    `PromptData.messages`). With `system_prompt=None` the source is returned unchanged.
+
+    Used for the exported tokenizer's `chat_template`, so `apply_chat_template(messages)` renders what the
+    model was trained on even when the caller leaves out the run's system prompt.
+    """
+    if system_prompt is None:
+        return source
+    default = "{'role': 'system', 'content': " + _jinja_string(system_prompt) + "}"
+    prefix = (
+        "{#- medlab: conversations without a system message get the system prompt the model was trained with -#}\n"
+        "{%- if messages | selectattr('role', 'equalto', 'system') | list | length == 0 -%}\n"
+        "    {%- set messages = [" + default + "] + messages -%}\n"
+        "{%- endif -%}\n"
+    )
+    return prefix + source
+
+
+def _jinja_string(text: str) -> str:
+    """`text` as a jinja string literal (jinja decodes literals like Python's unicode-escape; non-ASCII is
+    kept as is, jinja escapes and unescapes it itself)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + escaped.replace("\t", "\\t") + '"'
+
+
 def _tokenizer_template(tokenizer: Any) -> ChatTemplate:
     if tokenizer is None:
         raise DataError("template 'tokenizer' needs a tokenizer")

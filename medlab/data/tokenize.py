@@ -137,13 +137,20 @@ def fit_length(
     return input_ids, labels, status
 
 
-def _spans_of_row(template: ChatTemplate, messages: list[dict], tools: str | None, row: int):
+def _sources(batch: dict[str, list]) -> list[str]:
+    """Where each row came from: "FILE line N" / "FILE row N" (1-based; `source` of normalized rows)."""
+    if "source" in batch:
+        return list(batch["source"])
+    return [f"row {row + 1}" for row in batch["row"]]  # rows built by hand: the 1-based record number
+
+
+def _spans_of_row(template: ChatTemplate, messages: list[dict], tools: str | None, where: str):
     try:
         return assistant_spans(template, messages, tools)
     except DataError as err:
-        raise DataError(f"row {row}: {err}") from None
+        raise DataError(f"{where}: {err}") from None
     except Exception as err:  # a tokenizer template may raise anything (jinja errors, raise_exception)
-        raise DataError(f"row {row}: chat template {template.name!r} failed to render: {err}") from err
+        raise DataError(f"{where}: chat template {template.name!r} failed to render: {err}") from err
 
 
 def _sft_batch(
@@ -156,19 +163,20 @@ def _sft_batch(
     eot_id: int,
     eos_id: int,
 ) -> dict:
+    sources = _sources(batch)
     rendered = [
-        _spans_of_row(template, messages, tools, row)
-        for messages, tools, row in zip(batch["messages"], batch["tools"], batch["row"])
+        _spans_of_row(template, messages, tools, where)
+        for messages, tools, where in zip(batch["messages"], batch["tools"], sources)
     ]
     encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
     out: dict[str, list] = {"input_ids": [], "labels": [], "_status": []}
-    for (_, spans), row, token_ids, offsets in zip(
-        rendered, batch["row"], encoded["input_ids"], encoded["offset_mapping"]
+    for (_, spans), where, token_ids, offsets in zip(
+        rendered, sources, encoded["input_ids"], encoded["offset_mapping"]
     ):
         ids, labels = mask_labels(token_ids, offsets, spans, eos_id)
         if all(label != IGNORE_INDEX for label in labels):
             raise DataError(
-                f"chat template {template.name!r} masked nothing in row {row}: every token would be trained, "
+                f"chat template {template.name!r} masked nothing in {where}: every token would be trained, "
                 f"which means the template does not separate prompts from answers (it is broken for this data)"
             )
         ids, labels, status = fit_length(ids, labels, max_length, truncation, eot_id)

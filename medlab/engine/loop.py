@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medlab.engine import checkpoint as ckpt
-from medlab.engine.progress import Progress, Throughput
+from medlab.engine.progress import Progress, Throughput, format_metrics
 from medlab.engine.sampler import ResumableBatchSampler
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class Loop:
                     ckpt_due = False
                 if self._stop_signal and at_boundary:
                     status = "interrupted"
-                    progress.write(f"signal received: checkpointing at step {step} and stopping")
+                    log.warning("signal received: checkpointing at step %d and stopping", step)
                     break
                 if stop:
                     status = "early_stopped"
@@ -391,6 +391,8 @@ class Loop:
         metrics.update(throughput.compute(fabric.world_size))
         metrics.update(self._module_step_metrics())
         self._log(metrics)
+        if fabric.is_global_zero:  # the job log (<run dir>/train.log under the CLI) keeps every log point
+            log.info("step %d/%d: %s", self.state.global_step, self.total_steps, format_metrics(metrics))
         return metrics
 
     def _module_step_metrics(self) -> dict[str, float]:
@@ -459,7 +461,8 @@ class Loop:
         self.state.last_val = {**metrics, "_step": self.state.global_step}
         if progress is not None:
             progress.show(metrics)
-            progress.write(f"step {self.state.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.fabric.is_global_zero:
+            log.info("step %d/%d validation: %s", self.state.global_step, self.total_steps, format_metrics(metrics))
         value = metrics.get(cfg.monitor)
         if value is None or not math.isfinite(value):
             return False

@@ -1,7 +1,7 @@
 """`RetrievalData`: what ``conf/data/*.yaml`` instantiates for the bi-encoder and cross-encoder objectives.
 
     data = RetrievalData(path="pairs.jsonl", task="bi_encoder", fields={"query": "question", "positive": "answer"})
-    problems = data.validate()          # cheap: files, columns, options
+    problems = data.validate()          # no tokenizer: options, every file read and every row checked
     counts = data.setup(tokenizer)      # read -> normalize -> examples; kept/dropped counts
     batch = data.collate(data.train_dataset[:8])
 
@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from medlab.data.errors import DataError
-from medlab.data.readers import FILE_TYPES, as_path_list, check_exists, peek_records, read_records
+from medlab.data.errors import DataError, bad_row_problems, describe_bad_rows
+from medlab.data.readers import as_path_list, check_exists, read_located
+from medlab.data.split import held_out_count, split_option_problems
 from medlab.retrieval import rows as R
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,12 @@ class RetrievalData:
 
     Args:
         path / val_path: data file(s) (jsonl, json, csv, parquet, saved dataset dir); ``val_split`` holds out a
-            fraction of the train *queries* (by ``group``) when there is no ``val_path``.
+            fraction of the train *queries* (by ``group``) when there is no ``val_path``: at least
+            ``val_split_min`` queries (never more than a quarter of them), at most ``val_split_max`` (null = no cap).
         task: ``bi_encoder`` (pairs with in-batch + hard negatives) or ``cross_encoder`` (scored pairs).
         format: ``auto`` | pairs | groups | triples (see `medlab.retrieval.rows`).
-        fields: canonical field -> your column, e.g. ``{query: question, positive: answer}``.
+        fields: canonical field -> your column, e.g. ``{query: question, positive: answer}``; null = not mapped
+            (the canonical name or a common alias is used).
         query_prefix / doc_prefix: instruction prefixes prepended to every query / document (e.g. ``"query: "``).
         max_length / query_max_length: token limits (documents / queries; the query limit defaults to max_length).
         append_eos: add EOS after each text (decoder embedders pool the last token, which should see the text end).
@@ -47,7 +50,8 @@ class RetrievalData:
         pair_template: how a decoder cross-encoder sees (query, doc); null = the tokenizer's pair encoding
             ([CLS] q [SEP] d [SEP] for BERT) or ``"Query: {query}\\nDocument: {doc}"`` without a SEP token.
         image_root: directory relative image paths are resolved against (default: the data file's directory).
-        on_bad_row: ``error`` (raise, listing every bad row with file/row/field) or ``skip`` (drop, counted).
+        on_bad_row: ``error`` (raise, listing every bad row with file, line/row and field) or ``skip`` (drop,
+            counted as ``dropped_<reason>``; lines that do not parse at all are ``dropped_unparsable``).
         limit / val_limit: first N rows only (smoke tests).
         group_by_length: batch examples of similar length together (less padding; batch order stays random).
     """
@@ -58,7 +62,7 @@ class RetrievalData:
                  num_negatives: int | None = None, group_size: int | None = None,
                  score_range: Sequence[float] | None = None, label_threshold: float | None = None,
                  pair_template: str | None = None, image_root: str | None = None, val_split: float = 0.0,
-                 on_bad_row: str = "error", batch_size: int = 32, val_batch_size: int | None = None,
+                 val_split_min: int = 1, val_split_max: int | None = None, on_bad_row: str = "error", batch_size: int = 32, val_batch_size: int | None = None,
                  num_workers: int = 0, limit: int | None = None, val_limit: int | None = None, seed: int = 0,
                  group_by_length: bool = False, cache_dir: str | None = None):
         self.paths = as_path_list(path) if path else []
@@ -70,6 +74,7 @@ class RetrievalData:
         self.score_range = list(score_range) if score_range is not None else None
         self.label_threshold, self.pair_template, self.image_root = label_threshold, pair_template, image_root
         self.val_split, self.on_bad_row, self.seed = val_split, on_bad_row, seed
+        self.val_split_min, self.val_split_max = val_split_min, val_split_max
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.limit, self.val_limit = num_workers, limit, val_limit
         self.group_by_length = group_by_length
@@ -77,9 +82,35 @@ class RetrievalData:
         self.val_dataset: list[dict] | None = None
         self.tokenizer: Any = None
         self.has_images = False
+        self.val_size: int | None = None  # validation queries, known after validate() (0 = no validation)
 
     # ----------------------------------------------------------------------------------- checks
     def validate(self) -> list[str]:
+        """Every problem found without a tokenizer: options, then every file read and every row checked as
+        setup would (with ``on_bad_row=error`` each bad row is a problem). Sets ``val_size``."""
+        problems = self._option_problems()
+        if problems and any(p.startswith(("data.task", "data.format")) for p in problems):
+            return problems + self._read_problems_only()
+        loaded = {}
+        for split, paths, limit in (("train", self.paths, self.limit), ("val", self.val_paths, self.val_limit)):
+            if not paths:
+                continue
+            units, counts, file_problems, errors = self._load(paths, limit, split)
+            problems += file_problems
+            if errors.bad and self.on_bad_row != "skip":
+                problems += bad_row_problems(errors.bad)
+            elif not file_problems:
+                examples = self._examples(units, {}, split, train=split == "train", quiet=True)
+                if split == "train" and not examples:
+                    problems.append(f"no training examples left from {[str(p) for p in paths]} (counts: {counts})")
+                loaded[split] = units
+        if self.val_paths:
+            self.val_size = len({u["group"] for u in loaded["val"]}) if "val" in loaded else None
+        elif "train" in loaded:
+            self.val_size = self._val_count(len({u["group"] for u in loaded["train"]}))
+        return problems
+
+    def _option_problems(self) -> list[str]:
         problems = []
         if self.task not in TASKS:
             problems.append(f"data.task={self.task!r} is not one of {', '.join(TASKS)}")
@@ -99,87 +130,127 @@ class RetrievalData:
             problems.append("data.group_size is for the cross-encoder; the bi-encoder uses data.num_negatives")
         if self.score_range is not None and (len(self.score_range) != 2 or self.score_range[0] >= self.score_range[1]):
             problems.append(f"data.score_range must be [lo, hi] with lo < hi, got {self.score_range}")
-        if not 0.0 <= self.val_split < 1.0:
-            problems.append(f"data.val_split must be in [0, 1), got {self.val_split}")
+        problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
         if not self.paths:
             problems.append("data.path is required (pass data.path=FILE)")
-        for p in self.paths + self.val_paths:
-            problems += self._file_problems(p)
         return problems
 
-    def _file_problems(self, path: Path) -> list[str]:
-        try:
-            check_exists(path)
-            if path.is_file() and path.suffix.lower() not in FILE_TYPES:
-                return [f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(FILE_TYPES)})"]
-            head = peek_records(path, 3)
-        except DataError as e:
-            return [str(e)]
-        if not head:
-            return [f"{path}: contains no records"]
-        columns = list(dict.fromkeys(k for r in head for k in r))
+    def _read_problems_only(self) -> list[str]:
+        """With options that make row checks meaningless (task, format): only whether the files read."""
+        out = []
+        for path in self.paths + self.val_paths:
+            try:
+                read = read_located(path)
+            except DataError as e:
+                out.append(str(e))
+                continue
+            if read.unparsable and self.on_bad_row != "skip":
+                out += bad_row_problems(read.unparsable)
+        return out
+
+    def _val_count(self, n_groups: int) -> int:
+        if not isinstance(self.val_split, (int, float)):
+            return 0
+        return held_out_count(n_groups, float(self.val_split), self.val_split_min, self.val_split_max)
+
+    def _file_problems(self, path: Path, columns: list[str], first: dict | None) -> tuple[list[str], dict, str | None]:
+        """Problems of one file's columns: (problems, canonical -> column mapping, format)."""
         problems = [f"{path}: {p}" for p in R.field_problems(columns, self.fields)]
         mapped = R.resolve_fields(columns, self.fields)
-        fmt = R.detect_format(mapped, head[0]) if self.format == "auto" else self.format
+        fmt = R.detect_format(mapped, first) if self.format == "auto" else self.format
         if fmt is None:
             problems.append(f"{path}: cannot tell the format from columns {columns}: map them with data.fields.query, "
                             "data.fields.positive (pairs/groups) or data.fields.doc + data.fields.label|score (triples)")
         elif fmt == "triples" and "label" not in mapped and self.label_threshold is None:
             problems.append(f"{path}: triples with a score but no label need data.label_threshold")
-        return problems
+        return problems, mapped, fmt
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, tokenizer: Any) -> dict[str, int]:
         """Read and normalize every file; returns kept/dropped counts (logged)."""
-        problems = self.validate()
+        problems = self._option_problems()
+        for path in self.paths + self.val_paths:
+            try:
+                check_exists(path)
+            except DataError as e:
+                problems.append(str(e))
         if problems:
             raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
         self.tokenizer = tokenizer
         counts: dict[str, int] = {}
         units = self._units(self.paths, self.limit, counts, "train")
         val_units = self._units(self.val_paths, self.val_limit, counts, "val") if self.val_paths else []
-        if not val_units and self.val_split > 0:
-            units, val_units = _hold_out(units, self.val_split, self.seed)
+        if not val_units and not self.val_paths:
+            n_val = self._val_count(len({u["group"] for u in units}))
+            if n_val:
+                units, val_units = _hold_out(units, n_val, self.seed)
         self.train_dataset = self._examples(units, counts, "train", train=True)
         self.val_dataset = self._examples(val_units, counts, "val", train=False) if val_units else None
         if not self.train_dataset:
             raise DataError(f"no training examples left from {[str(p) for p in self.paths]} (counts: {counts})")
+        if self.val_dataset is None:
+            log.warning("retrieval data: no validation queries (data.val_path is not set and data.val_split=%s holds "
+                        "out none): nothing is validated, so a val/ metric stays NaN", self.val_split)
         self.has_images = any(e.get("image") or e.get("query_image") for e in self.train_dataset + (self.val_dataset or []))
         log.info("retrieval data (%s): %s", self.task, ", ".join(f"{k}={v}" for k, v in counts.items()))
         return counts
 
-    def _units(self, paths: list[Path], limit: int | None, counts: dict, split: str) -> list[dict]:
+    def _load(self, paths: list[Path], limit: int | None, split: str
+              ) -> tuple[list[dict], dict[str, int], list[str], R.RowErrors]:
+        """Read and normalize one split's files: (units, counts, file problems, bad rows); no policy applied."""
         units: list[dict] = []
+        counts: dict[str, int] = {}
+        problems: list[str] = []
         errors = R.RowErrors()
+        n_records = 0
         for path in paths:
-            records = read_records(path).to_list()
-            if limit:
-                records = records[: max(limit - len(units), 0)]
-            columns = list(dict.fromkeys(k for r in records[:50] for k in r))
-            mapped = R.resolve_fields(columns, self.fields)
-            fmt = R.detect_format(mapped, records[0] if records else None) if self.format == "auto" else self.format
+            remaining = max(limit - n_records, 0) if limit else None
+            if remaining == 0:
+                break
+            try:
+                read = read_located(path, limit=remaining)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            errors.extend(read.unparsable)
+            records = read.dataset.to_list()
+            n_records += len(records)
+            counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
+            if not records:
+                continue  # nothing parsed: the unparsable lines say why
+            file_problems, mapped, fmt = self._file_problems(path, read.dataset.column_names, records[0])
+            if file_problems:
+                problems += file_problems
+                continue
             root = self.image_root or str(Path(path).parent)
             units += R.normalize_rows(records, mapped, fmt, path=str(path), errors=errors, score_range=self.score_range,
-                                      label_threshold=self.label_threshold, image_root=root)
-            counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
-        if errors.items:
+                                      label_threshold=self.label_threshold, image_root=root, numbers=read.numbers,
+                                      unit=read.unit)
+        return units, counts, problems, errors
+
+    def _units(self, paths: list[Path], limit: int | None, counts: dict, split: str) -> list[dict]:
+        units, split_counts, problems, errors = self._load(paths, limit, split)
+        for k, v in split_counts.items():
+            counts[k] = counts.get(k, 0) + v
+        if problems:
+            raise DataError("invalid data:\n  - " + "\n  - ".join(problems))
+        if errors.bad:
             if self.on_bad_row == "error":
-                shown = "\n  - ".join(errors.items[:20])
-                more = f"\n  ... and {len(errors.items) - 20} more" if len(errors.items) > 20 else ""
-                raise DataError(f"{len(errors.items)} bad row(s) (set data.on_bad_row=skip to drop them, counted):"
-                                f"\n  - {shown}{more}")
+                raise DataError(describe_bad_rows(errors.bad))
             for reason, n in errors.counts.items():
                 counts[f"{split}/dropped_{reason}"] = n
-            log.warning("%s: dropped %d bad rows: %s", split, len(errors.items), dict(errors.counts))
+            log.warning("%s: dropped %d bad rows: %s (e.g. %s)", split, len(errors.bad), dict(errors.counts),
+                        errors.bad[0])
         return units
 
-    def _examples(self, units: list[dict], counts: dict, split: str, train: bool) -> list[dict]:
+    def _examples(self, units: list[dict], counts: dict, split: str, train: bool, quiet: bool = False) -> list[dict]:
         if self.task == "bi_encoder":
             examples, c = R.bi_encoder_examples(units, self.num_negatives)
             if not train and c.get("too_few_negatives"):
                 # Validation ranks the whole corpus anyway: keep every query, without hard negatives.
-                log.info("val: %d queries have fewer than %s hard negatives; validating without hard negatives",
-                         c["too_few_negatives"], c["num_negatives"])
+                (log.debug if quiet else log.info)(
+                    "val: %d queries have fewer than %s hard negatives; validating without hard negatives",
+                    c["too_few_negatives"], c["num_negatives"])
                 examples, c = R.bi_encoder_examples(units, 0)
         elif train and self.group_size:
             examples, c = R.group_examples(units, self.group_size)
@@ -285,10 +356,9 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, append_e
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def _hold_out(units: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split by query group (no query in both splits), with a fixed seed."""
+def _hold_out(units: list[dict], n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split off ``n_val`` query groups (no query in both splits), with a fixed seed."""
     groups = sorted({u["group"] for u in units})
     random.Random(seed).shuffle(groups)
-    n_val = max(1, int(round(len(groups) * fraction)))
     val = set(groups[:n_val])
     return [u for u in units if u["group"] not in val], [u for u in units if u["group"] in val]

@@ -19,7 +19,11 @@ Examples produced:
 - cross-encoder pointwise: ``{query, doc, label, grade, group, image, row}``, one per judged pair.
 - cross-encoder groups: ``{query, docs: [positive, negatives...], group, row}`` of a fixed size.
 
-Every problem is reported with the file, the 1-based row and the field.
+Every problem is reported with the file, where in it (``FILE line N`` for line-oriented files such as
+``.jsonl``/``.csv``, ``FILE row N`` for records of ``.json`` lists, parquet or saved datasets; both 1-based,
+see `medlab.data.errors`) and the field (the source column).
+
+A ``fields`` value of null means "not mapped": the canonical name itself, then the common aliases, are used.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medlab.data.errors import BadRow, record_location
+
 CANONICAL = ("query", "positive", "negatives", "doc", "label", "score", "group", "image", "query_image")
 FORMATS = ("pairs", "groups", "triples")
 ALIASES = {"query": ("question", "anchor", "sentence1"), "positive": ("pos", "answer", "sentence2"),
@@ -39,7 +45,8 @@ ALIASES = {"query": ("question", "anchor", "sentence1"), "positive": ("pos", "an
 
 
 def resolve_fields(columns: Sequence[str], fields: Mapping[str, str] | None) -> dict[str, str]:
-    """canonical name -> source column: explicit ``fields`` first, then the same name, then common aliases."""
+    """canonical name -> source column: explicit ``fields`` first, then the same name, then common aliases
+    (a null ``fields`` value is not a mapping)."""
     fields = dict(fields or {})
     out: dict[str, str] = {}
     for name in CANONICAL:
@@ -94,15 +101,24 @@ def doc_key(text: str, image: str | None = None) -> int:
 
 
 class RowErrors:
-    """Collects bad rows (file, row, field, why) so all of them are reported at once, or counted when skipped."""
+    """Collects bad rows (where, field, why) so all of them are reported at once, or counted when skipped."""
 
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self.bad: list[BadRow] = []
         self.counts: dict[str, int] = defaultdict(int)
 
-    def add(self, path: str, row: int, field: str, why: str, reason: str) -> None:
-        self.items.append(f"{path}: row {row + 1}: field {field!r}: {why}")
+    @property
+    def items(self) -> list[str]:
+        return [str(b) for b in self.bad]
+
+    def add(self, where: str, field: str | None, why: str, reason: str) -> None:
+        """One bad row at ``where`` (``"FILE line N"`` / ``"FILE row N"``, see `medlab.data.errors.located`)."""
+        self.bad.append(BadRow(where, field, why, reason))
         self.counts[reason] += 1
+
+    def extend(self, bad: Sequence[BadRow]) -> None:
+        for b in bad:
+            self.add(b.where, b.field, b.message, b.reason)
 
 
 def _text(value: Any) -> str | None:
@@ -120,33 +136,38 @@ def _image(value: Any, image_root: str | None) -> str | None:
 
 def normalize_rows(records: Sequence[Mapping[str, Any]], mapped: Mapping[str, str], fmt: str, *, path: str,
                    errors: RowErrors, score_range: Sequence[float] | None = None, label_threshold: float | None = None,
-                   image_root: str | None = None, check_images: bool = True) -> list[dict]:
+                   image_root: str | None = None, check_images: bool = True,
+                   numbers: Sequence[int] | None = None, unit: str = "line") -> list[dict]:
     """Source records -> judged units ``{query, docs: [(text, image, label, grade)], group, query_image, row}``.
 
     ``label`` is in [0, 1] (1 = relevant); ``grade`` >= 0 is the NDCG gain (``score - score_range[0]``, or the
-    label). A score becomes a label by ``score >= label_threshold``. Bad rows are recorded in ``errors``.
+    label). A score becomes a label by ``score >= label_threshold``. Bad rows are recorded in ``errors``, named
+    ``path line N`` / ``path row N`` from ``numbers`` (each record's 1-based position in the file, in ``unit``s:
+    ``readers.FileRecords``) or else ``path row N`` (N = index + 1).
+    ``row`` of a unit is the record's 0-based index in ``records``.
     """
     out = []
     get = {name: mapped.get(name) for name in CANONICAL}
     lo, hi = (float(score_range[0]), float(score_range[1])) if score_range else (None, None)
     for i, rec in enumerate(records):
-        row_errors = len(errors.items)
+        row_errors = len(errors.bad)
+        where = record_location(path, i, numbers, unit)
         query = _text(rec.get(get["query"])) if get["query"] else None
         if not query:
-            errors.add(path, i, get["query"] or "query", "empty or missing query text", "empty_query")
+            errors.add(where, get["query"] or "query", "empty or missing query text", "empty_query")
             continue
         q_image = _image(rec.get(get["query_image"]), image_root) if get["query_image"] else None
         image = _image(rec.get(get["image"]), image_root) if get["image"] else None
         for name, img in (("query_image", q_image), ("image", image)):
             if img and check_images and not Path(img).is_file():
-                errors.add(path, i, get[name], f"image file not found: {img}", "missing_image")
+                errors.add(where, get[name], f"image file not found: {img}", "missing_image")
         docs: list[tuple[str, str | None, float, float]] = []
         if fmt in ("pairs", "groups"):
             pos = rec.get(get["positive"])
             positives = pos if isinstance(pos, list) else [pos]
             positives = [t for t in (_text(p) for p in positives) if t]
             if not positives and not image:
-                errors.add(path, i, get["positive"], "no positive document (empty or missing)", "no_positive")
+                errors.add(where, get["positive"], "no positive document (empty or missing)", "no_positive")
             docs += [(t, image, 1.0, 1.0) for t in positives] or ([("", image, 1.0, 1.0)] if image else [])
             negs = rec.get(get["negatives"]) if get["negatives"] else None
             if negs is not None and not isinstance(negs, list):
@@ -157,11 +178,11 @@ def normalize_rows(records: Sequence[Mapping[str, Any]], mapped: Mapping[str, st
         else:
             doc = _text(rec.get(get["doc"]))
             if not doc and not image:
-                errors.add(path, i, get["doc"], "empty or missing document text", "empty_doc")
-            label, grade = _judgment(rec, get, path, i, errors, lo, hi, label_threshold)
+                errors.add(where, get["doc"], "empty or missing document text", "empty_doc")
+            label, grade = _judgment(rec, get, where, errors, lo, hi, label_threshold)
             if label is not None:
                 docs.append((doc or "", image, label, grade))
-        if len(errors.items) > row_errors:
+        if len(errors.bad) > row_errors:
             continue
         group = rec.get(get["group"]) if get["group"] else None
         out.append({"query": query, "query_image": q_image, "docs": docs,
@@ -169,20 +190,20 @@ def normalize_rows(records: Sequence[Mapping[str, Any]], mapped: Mapping[str, st
     return out
 
 
-def _judgment(rec, get, path, i, errors, lo, hi, threshold) -> tuple[float | None, float]:
+def _judgment(rec, get, where, errors, lo, hi, threshold) -> tuple[float | None, float]:
     label = rec.get(get["label"]) if get["label"] else None
     score = rec.get(get["score"]) if get["score"] else None
     if score is not None:
         try:
             score = float(score)
         except (TypeError, ValueError):
-            errors.add(path, i, get["score"], f"score {score!r} is not a number", "bad_score")
+            errors.add(where, get["score"], f"score {score!r} is not a number", "bad_score")
             return None, 0.0
         if math.isnan(score):  # an empty cell in a csv/parquet file
-            errors.add(path, i, get["score"], "score is missing (NaN)", "bad_score")
+            errors.add(where, get["score"], "score is missing (NaN)", "bad_score")
             return None, 0.0
         if lo is not None and not lo <= score <= hi:
-            errors.add(path, i, get["score"], f"score {score} is outside data.score_range [{lo}, {hi}]", "bad_score")
+            errors.add(where, get["score"], f"score {score} is outside data.score_range [{lo}, {hi}]", "bad_score")
             return None, 0.0
     if label is not None:
         try:
@@ -190,12 +211,12 @@ def _judgment(rec, get, path, i, errors, lo, hi, threshold) -> tuple[float | Non
         except (TypeError, ValueError):
             label = None
         if label is None or not 0.0 <= label <= 1.0:
-            errors.add(path, i, get["label"], f"label {rec.get(get['label'])!r} is outside [0, 1]", "bad_label")
+            errors.add(where, get["label"], f"label {rec.get(get['label'])!r} is outside [0, 1]", "bad_label")
             return None, 0.0
     elif score is not None and threshold is not None:
         label = 1.0 if score >= threshold else 0.0
     if label is None:
-        errors.add(path, i, get["label"] or get["score"] or "label",
+        errors.add(where, get["label"] or get["score"] or "label",
                    "no label (set data.label_threshold to derive it from the score)", "bad_label")
         return None, 0.0
     grade = score - (lo if lo is not None else 0.0) if score is not None else label

@@ -1,7 +1,7 @@
 """`PromptData`: the prompt-only data that ``conf/data/*.yaml`` instantiates for GRPO (``objective=grpo``).
 
     data = PromptData(path="qa.jsonl", fields={"question": "Question"}, system_prompt="... <answer>X</answer>")
-    problems = data.validate()        # cheap: files, columns, options (no tokenizer)
+    problems = data.validate()        # no tokenizer: options, every file read and every row checked
     counts = data.setup(tokenizer)    # read -> check rows -> render chat prompts -> token ids
     batch = data.collate(data.train_dataset[:4])
 
@@ -18,9 +18,11 @@ Canonical fields (``data.fields`` maps them onto your columns; the defaults also
 
 Every other column is kept too and reaches the reward functions as a keyword argument (a list with one value
 per completion), e.g. ``long_answer`` or ``subject``. A row without a question, with an answer that is not
-among its options, or with malformed options raises a `DataError` naming the file, the 1-based row and the
-field (``on_bad_row=error``), or is dropped and counted (``on_bad_row=skip``). Prompts longer than
-``max_prompt_length`` tokens are dropped and counted.
+among its options, or with malformed options, and a line that does not parse at all, raises a `DataError`
+naming the file, where (``FILE line N`` in a .jsonl/.csv, ``FILE row N`` for .json lists/parquet; both
+1-based, see `medlab.data.errors`) and the field (``on_bad_row=error``), or is dropped and counted
+(``on_bad_row=skip``). A null ``fields`` value means "not mapped" (the aliases are tried). Prompts longer
+than ``max_prompt_length`` tokens are dropped and counted.
 
 Batches (``collate``) are **left**-padded for generation: ``input_ids [B, P]``, ``attention_mask [B, P]``,
 plus ``prompt_ids`` (the unpadded token lists), ``prompts`` (rendered text), ``fields`` (column -> list),
@@ -39,8 +41,9 @@ from typing import Any
 
 import torch
 
-from medlab.data.errors import DataError
-from medlab.data.readers import FILE_TYPES, as_path_list, check_exists, peek_records, read_records
+from medlab.data.errors import BadRow, DataError, bad_row_problems, describe_bad_rows, record_location
+from medlab.data.readers import as_path_list, check_exists, read_located
+from medlab.data.split import held_out_count, split_option_problems
 from medlab.data.templates import TEMPLATE_NAMES, get_template
 
 log = logging.getLogger(__name__)
@@ -157,7 +160,8 @@ class PromptData:
 
     Args:
         path / val_path: data file(s) (jsonl, json, csv, parquet, saved dataset dir); a list is concatenated.
-            Without ``val_path``, ``val_split`` holds out that fraction of the rows (fixed seed).
+            Without ``val_path``, ``val_split`` holds out that fraction of the rows (fixed seed): at least
+            ``val_split_min`` (never more than a quarter of them), at most ``val_split_max`` (null = no cap).
         fields: canonical field -> your column (see the module docstring).
         template: chat template (chatml, llama3, ... or ``tokenizer`` for the tokenizer's own).
         system_prompt: the system message (null = none), e.g. asking for ``<answer>X</answer>``.
@@ -169,8 +173,8 @@ class PromptData:
         limit / val_limit: first N rows only.
     """
 
-    def __init__(self, path: Any, val_path: Any = None, *, val_split: float = 0.0,
-                 fields: Mapping[str, str] | None = None,
+    def __init__(self, path: Any, val_path: Any = None, *, val_split: float = 0.0, val_split_min: int = 1,
+                 val_split_max: int | None = None, fields: Mapping[str, str] | None = None,
                  template: str = "chatml", system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                  question_template: str = DEFAULT_QUESTION_TEMPLATE, contexts_in_prompt: bool = False,
                  max_contexts: int | None = None, max_prompt_length: int = 512, on_bad_row: str = "error",
@@ -178,7 +182,8 @@ class PromptData:
                  limit: int | None = None, val_limit: int | None = None, seed: int = 0):
         self.paths = as_path_list(path) if path else []
         self.val_paths = as_path_list(val_path) if val_path else []
-        self.val_split, self.fields = float(val_split), dict(fields or {})
+        self.val_split, self.fields = val_split, dict(fields or {})
+        self.val_split_min, self.val_split_max = val_split_min, val_split_max
         self.template, self.system_prompt, self.question_template = template, system_prompt, question_template
         self.contexts_in_prompt, self.max_contexts = bool(contexts_in_prompt), max_contexts
         self.max_prompt_length, self.on_bad_row = max_prompt_length, on_bad_row
@@ -188,6 +193,7 @@ class PromptData:
         self.val_dataset: list[dict] | None = None
         self.counts: dict[str, int] = {}
         self.pad_id: int | None = None
+        self.val_size: int | None = None  # validation rows, known after validate() (0 = no validation)
 
     @property
     def max_length(self) -> int:  # checked against the model's maximum by config validation
@@ -195,7 +201,28 @@ class PromptData:
 
     # ------------------------------------------------------------------------------------------ checks
     def validate(self) -> list[str]:
-        """Every problem found without a tokenizer (options, files, columns); [] if none."""
+        """Every problem found without a tokenizer: options, then every file read and every row checked as
+        setup would (with ``on_bad_row=error`` each bad row is a problem); [] if none. Sets ``val_size``."""
+        problems = self._option_problems()
+        sizes = {}
+        for split, paths, limit in (("train", self.paths, self.limit), ("val", self.val_paths, self.val_limit)):
+            if not paths:
+                continue
+            rows, file_problems, bad = self._load(paths, limit, {}, split)
+            problems += file_problems
+            if bad and self.on_bad_row != "skip":
+                problems += bad_row_problems(bad)
+            elif not file_problems:
+                if split == "train" and not rows:
+                    problems.append(f"no training prompts left from {[str(p) for p in paths]}")
+                sizes[split] = len(rows)
+        if self.val_paths:
+            self.val_size = sizes.get("val")
+        elif "train" in sizes:
+            self.val_size = self._val_count(sizes["train"])
+        return problems
+
+    def _option_problems(self) -> list[str]:
         problems = []
         if self.template not in TEMPLATE_NAMES:
             problems.append(f"data.template={self.template!r} is not one of {', '.join(TEMPLATE_NAMES)}")
@@ -209,33 +236,27 @@ class PromptData:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and v >= 1):
                 problems.append(f"data.{name} must be a positive integer or null, got {v!r}")
-        if not 0.0 <= self.val_split < 1.0:
-            problems.append(f"data.val_split must be in [0, 1), got {self.val_split}")
+        problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
         if "{question}" not in self.question_template:
             problems.append("data.question_template must contain {question}")
         if not self.paths:
             problems.append("data.path is required (pass data.path=FILE)")
-        for p in self.paths + self.val_paths:
-            problems += self._file_problems(p)
         return problems
 
-    def _file_problems(self, path: Path) -> list[str]:
-        try:
-            check_exists(path)
-            if path.is_file() and path.suffix.lower() not in FILE_TYPES:
-                return [f"{path}: unsupported file type {path.suffix!r} (supported: {', '.join(FILE_TYPES)})"]
-            head = peek_records(path, 3)
-        except DataError as e:
-            return [str(e)]
-        if not head:
-            return [f"{path}: contains no records"]
-        columns = list(dict.fromkeys(k for r in head for k in r))
-        return [f"{path}: {p}" for p in field_problems(columns, self.fields)]
+    def _val_count(self, n_rows: int) -> int:
+        if not isinstance(self.val_split, (int, float)):
+            return 0
+        return held_out_count(n_rows, float(self.val_split), self.val_split_min, self.val_split_max)
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, tokenizer: Any) -> dict[str, int]:
         """Read, check and render every row; returns kept/dropped counts (logged)."""
-        problems = self.validate()
+        problems = self._option_problems()
+        for path in self.paths + self.val_paths:
+            try:
+                check_exists(path)
+            except DataError as e:
+                problems.append(str(e))
         if problems:
             raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -245,56 +266,92 @@ class PromptData:
         counts: dict[str, int] = {}
         rows = self._rows(self.paths, self.limit, counts, "train")
         val_rows = self._rows(self.val_paths, self.val_limit, counts, "val") if self.val_paths else []
-        if not val_rows and self.val_split > 0:
-            rows, val_rows = _hold_out(rows, self.val_split, self.seed)
+        if not val_rows and not self.val_paths:
+            n_val = self._val_count(len(rows))
+            if n_val:
+                rows, val_rows = _hold_out(rows, n_val, self.seed)
         self.train_dataset = self._examples(rows, tokenizer, chat, counts, "train")
         self.val_dataset = self._examples(val_rows, tokenizer, chat, counts, "val") if val_rows else None
         if not self.train_dataset:
             raise DataError(f"no training prompts left from {[str(p) for p in self.paths]} (counts: {counts})")
+        if self.val_dataset is None:
+            log.warning("prompt data: no validation prompts (data.val_path is not set and data.val_split=%s holds "
+                        "out none): nothing is validated, so a val/ metric stays NaN", self.val_split)
         self.counts = counts
         log.info("prompt data: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         return dict(counts)
 
     def rows_from_records(self, records: list[dict], source: str = "<rows>") -> list[dict]:
-        """Normalize in-memory records (the same checks as files; ``on_bad_row`` applies)."""
+        """Normalize in-memory records (the same checks as files, rows named ``SOURCE row N``; ``on_bad_row``
+        applies)."""
         counts: dict[str, int] = {}
-        return self._normalize(records, source, counts, "eval")
+        rows, bad = self._normalize(records, source, counts, "eval")
+        return self._apply_policy(rows, bad, counts, "eval")
+
+    def _load(self, paths: list[Path], limit: int | None, counts: dict, split: str
+              ) -> tuple[list[dict], list[str], list[BadRow]]:
+        """Read and check one split's files: (good rows, file problems, bad rows); no policy applied."""
+        rows: list[dict] = []
+        problems: list[str] = []
+        bad: list[BadRow] = []
+        n_records = 0
+        for path in paths:
+            remaining = max(limit - n_records, 0) if limit else None
+            if remaining == 0:
+                break
+            try:
+                read = read_located(path, limit=remaining)
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            bad += read.unparsable
+            records = read.dataset.to_list()
+            n_records += len(records)
+            if not records:
+                continue  # nothing parsed: the unparsable lines say why
+            file_problems = [f"{path}: {p}" for p in field_problems(read.dataset.column_names, self.fields)]
+            if file_problems:
+                problems += file_problems
+                continue
+            good, row_bad = self._normalize(records, str(path), counts, split, read.numbers, read.unit)
+            rows += good
+            bad += row_bad
+        return rows, problems, bad
 
     def _rows(self, paths: list[Path], limit: int | None, counts: dict, split: str) -> list[dict]:
-        rows: list[dict] = []
-        for path in paths:
-            records = read_records(path).to_list()
-            if limit:
-                records = records[: max(limit - len(rows), 0)]
-            rows += self._normalize(records, str(path), counts, split)
+        rows, problems, bad = self._load(paths, limit, counts, split)
+        if problems:
+            raise DataError("invalid data:\n  - " + "\n  - ".join(problems))
+        return self._apply_policy(rows, bad, counts, split)
+
+    def _apply_policy(self, rows: list[dict], bad: list[BadRow], counts: dict, split: str) -> list[dict]:
+        """``on_bad_row``: raise listing the bad rows, or count them (``dropped_bad_<field>``,
+        ``dropped_unparsable``) and keep the good ones."""
+        if bad and self.on_bad_row == "error":
+            raise DataError(describe_bad_rows(bad))
+        for b in bad:
+            key = f"{split}/dropped_{b.reason}"  # dropped_bad_<field>, dropped_unparsable
+            counts[key] = counts.get(key, 0) + 1
+        if bad:
+            log.warning("%s: dropped %d bad row(s), e.g. %s", split, len(bad), bad[0])
         return rows
 
-    def _normalize(self, records: list[dict], source: str, counts: dict, split: str) -> list[dict]:
+    def _normalize(self, records: list[dict], source: str, counts: dict, split: str,
+                   numbers: Sequence[int] | None = None, unit: str = "line") -> tuple[list[dict], list[BadRow]]:
         columns = list(dict.fromkeys(k for r in records[:50] for k in r))
         mapped = resolve_fields(columns, self.fields)
         renamed = set(mapped.values())
-        out, errors = [], []
+        out, bad = [], []
         for i, rec in enumerate(records):
+            where = record_location(source, i, numbers, unit)
             try:
-                out.append(self._row(rec, mapped, renamed, source, i))
+                out.append(self._row(rec, mapped, renamed, where))
             except RowProblem as e:
-                column = mapped.get(e.field, e.field)
-                where = f"field {e.field!r}" + (f" (column {column!r})" if column != e.field else "")
-                errors.append((e.field, f"{source} row {i + 1}: {where}: {e.reason}"))
+                bad.append(BadRow(where, e.field, e.reason, "bad_" + e.field, mapped.get(e.field)))
         counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
-        if errors:
-            if self.on_bad_row == "error":
-                shown = "\n  - ".join(msg for _, msg in errors[:20])
-                more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-                raise DataError(f"{len(errors)} bad row(s) (set data.on_bad_row=skip to drop them, counted):"
-                                f"\n  - {shown}{more}")
-            for fld, _ in errors:
-                key = f"{split}/dropped_bad_{fld}"
-                counts[key] = counts.get(key, 0) + 1
-            log.warning("%s: dropped %d bad row(s), e.g. %s", source, len(errors), errors[0][1])
-        return out
+        return out, bad
 
-    def _row(self, rec: Mapping[str, Any], mapped: dict[str, str], renamed: set[str], source: str, i: int) -> dict:
+    def _row(self, rec: Mapping[str, Any], mapped: dict[str, str], renamed: set[str], where: str) -> dict:
         q = rec.get(mapped["question"]) if "question" in mapped else None
         if q is None or not str(q).strip():
             raise RowProblem("question", "missing or empty question")
@@ -302,8 +359,7 @@ class PromptData:
         answer = normalize_answer(rec.get(mapped["answer"]), options) if "answer" in mapped else None
         contexts = rec.get(mapped["contexts"]) if "contexts" in mapped else None
         row = {k: v for k, v in rec.items() if k not in renamed}  # the other columns, under their own names
-        row.update(question=str(q).strip(), options=options, answer=answer, contexts=contexts,
-                   source=f"{source} row {i + 1}")
+        row.update(question=str(q).strip(), options=options, answer=answer, contexts=contexts, source=where)
         return row
 
     def render(self, row: Mapping[str, Any], chat=None, tokenizer: Any = None) -> str:
@@ -373,10 +429,8 @@ def collate_prompts(examples: Sequence[dict], pad_id: int) -> dict:
             "num_tokens": int(mask.sum())}
 
 
-def _hold_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    n_val = max(1, round(len(rows) * fraction))
-    if n_val >= len(rows):
-        raise DataError(f"val_split={fraction} leaves no training rows out of {len(rows)}")
+def _hold_out(rows: list[dict], n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split off ``n_val`` rows (`medlab.data.split.held_out_count`) with a fixed seed."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     val = set(order[:n_val])

@@ -1,0 +1,74 @@
+"""How the command-line entry points report a mistake the user can fix (a config or data problem).
+
+``python -m medlab``, ``python -m medlab.evaluate`` and ``python -m medlab.mine`` print a
+``ConfigError`` / ``DataError`` message alone on stderr (no traceback, no Hydra "Error executing job"
+line), write it to the run's ``train.log`` when Hydra opened one, and exit with ``USER_ERROR_EXIT``.
+``HYDRA_FULL_ERROR=1`` or ``MEDLAB_DEBUG=1`` add the full traceback. Any other exception is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+USER_ERROR_EXIT = 2
+DEBUG_ENV = ("HYDRA_FULL_ERROR", "MEDLAB_DEBUG")
+
+log = logging.getLogger("medlab")
+T = TypeVar("T")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from medlab.config import ConfigError
+    from medlab.data.errors import DataError
+
+    return (ConfigError, DataError)
+
+
+def debug_enabled() -> bool:
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes") for name in DEBUG_ENV)
+
+
+def _log_to_files(record: logging.LogRecord) -> None:
+    """Hand ``record`` to the file handlers (Hydra's ``<run dir>/train.log``) only: the console gets the
+    plain message on stderr instead of a second, prefixed copy on stdout."""
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+        logger = logger.parent if logger.propagate else None
+
+
+def report_user_error(error: BaseException) -> None:
+    """Print ``error`` for the user (stderr), log it to the run's log file, flush."""
+    debug = debug_enabled()
+    exc_info = (type(error), error, error.__traceback__) if debug else None
+    _log_to_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (error,), exc_info))
+    if debug:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    else:
+        print(str(error), file=sys.stderr)
+    sys.stderr.flush()
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """Turn a ``ConfigError`` / ``DataError`` raised inside into ``report_user_error`` + ``sys.exit(2)``."""
+    try:
+        yield
+    except user_error_types() as e:
+        report_user_error(e)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def run_cli(main: Callable[[], T]) -> T:
+    """Call a hand-parsed entry point's ``main()`` under ``user_errors_exit``."""
+    with user_errors_exit():
+        return main()
