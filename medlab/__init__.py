@@ -26,9 +26,21 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("medlab_root", lambda: str(ROOT_DIR))
     if not OmegaConf.has_resolver("asset"):
         OmegaConf.register_new_resolver("asset", lambda rel: str(ASSETS_DIR / rel))
+    if not OmegaConf.has_resolver("objective_data_task"):
+        # Retrieval data's `task` follows the objective's declared `data_task` (bi_encoder | cross_encoder).
+        OmegaConf.register_new_resolver("objective_data_task", _objective_data_task)
     if not OmegaConf.has_resolver("medlab_uid"):
         # Cached, and Hydra copies the resolver cache into every multirun job, so one launch = one suffix.
         OmegaConf.register_new_resolver("medlab_uid", lambda: secrets.token_hex(2), use_cache=True)
+
+
+def _objective_data_task(target: str) -> str | None:
+    from hydra.utils import get_class
+
+    try:
+        return getattr(get_class(str(target)), "data_task", None)
+    except Exception:  # not importable: config validation names the objective target
+        return None
 
 
 _register_resolvers()

@@ -2,7 +2,8 @@
 
 ``python -m medlab``, ``python -m medlab.evaluate`` and ``python -m medlab.mine`` print a
 ``ConfigError`` / ``DataError`` message alone on stderr (no traceback, no Hydra "Error executing job"
-line), write it to the run's ``train.log`` when Hydra opened one, and exit with ``USER_ERROR_EXIT``.
+line), write it to the job's log when Hydra opened one (``train.log``; ``evaluate.log`` / ``mine.log``),
+and exit with ``USER_ERROR_EXIT``.
 ``HYDRA_FULL_ERROR=1`` or ``MEDLAB_DEBUG=1`` add the full traceback. Any other exception is a bug and
 keeps its traceback.
 """
@@ -46,11 +47,19 @@ def _log_to_files(record: logging.LogRecord) -> None:
         logger = logger.parent if logger.propagate else None
 
 
+def log_error_to_files(error: BaseException, with_traceback: bool | None = None) -> None:
+    """Write ``error`` to the log files only (Hydra's job log), with its traceback when ``with_traceback`` (default:
+    a bug, or a user error under ``HYDRA_FULL_ERROR`` / ``MEDLAB_DEBUG``)."""
+    if with_traceback is None:
+        with_traceback = debug_enabled() or not isinstance(error, user_error_types())
+    exc_info = (type(error), error, error.__traceback__) if with_traceback else None
+    _log_to_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (error,), exc_info))
+
+
 def report_user_error(error: BaseException) -> None:
     """Print ``error`` for the user (stderr), log it to the run's log file, flush."""
     debug = debug_enabled()
-    exc_info = (type(error), error, error.__traceback__) if debug else None
-    _log_to_files(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (error,), exc_info))
+    log_error_to_files(error, debug)
     if debug:
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     else:
@@ -69,6 +78,7 @@ def user_errors_exit() -> Iterator[None]:
 
 
 def run_cli(main: Callable[[], T]) -> T:
-    """Call a hand-parsed entry point's ``main()`` under ``user_errors_exit``."""
+    """Call an entry point's ``main()`` under ``user_errors_exit`` (the commands of ``medlab.commands`` re-raise
+    their errors after Hydra returns, so they land here)."""
     with user_errors_exit():
         return main()

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from medlab.config import ConfigError, redact, validate_config
 from medlab.config.threads import resolve_cpu_threads
 from medlab.engine import checkpoint as ckpt
+from medlab.contracts import UsesRuns
 from medlab.engine.loop import Loop, LoopConfig
 
 log = logging.getLogger("medlab")
@@ -172,17 +173,21 @@ def _run(cfg: DictConfig, fabric, run_dir: Path) -> RunResult:
     with fabric.rank_zero_first():  # rank 0 tokenizes and caches; the others read the cache
         data_counts = data.setup(tokenizer)  # logs kept/dropped counts by reason
     module = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
-    module.flops_seq_len = getattr(data, "max_length", None)  # the attention term of MFU (PaLM appendix B)
+    module.bind_data(data)  # medlab.contracts.Objective: what the objective reads from its data source
+    if isinstance(module, UsesRuns):  # e.g. agentic GRPO: its search tools load a bi-encoder run
+        from medlab.evaluation import load_run
+
+        module.bind_run_loader(load_run)
 
     lcfg = loop_config(cfg.trainer)
-    lcfg.num_workers = getattr(data, "num_workers", 0)
+    lcfg.num_workers = data.num_workers
     loop = Loop(fabric, lcfg, run_dir)
     result = loop.fit(module, data.train_dataset, data.collate, batch_size=data.batch_size,
                       val_data=data.val_dataset, val_batch_size=data.val_batch_size, resume=resume,
-                      lengths=data.lengths() if getattr(data, "group_by_length", False) else None)
+                      lengths=data.lengths() if data.group_by_length else None)
 
     export_dir = None
-    if cfg.export.enabled and result.status != "interrupted" and fabric.is_global_zero:
+    if result.status != "interrupted" and fabric.is_global_zero:
         export_dir = _export(cfg, model, tokenizer, run_dir, adapter)
     fabric.barrier()
 
@@ -223,7 +228,7 @@ def build_model(cfg: DictConfig, fabric=None):
     from hydra.utils import instantiate
 
     cls = objective_class(cfg)
-    head, peft_task = getattr(cls, "head", "causal_lm"), getattr(cls, "peft_task", "CAUSAL_LM")
+    head, peft_task = cls.head, cls.peft_task  # medlab.contracts.Objective declarations
     adapter = instantiate(cfg.adapter)
     load_model = instantiate(cfg.model)
     extra = {"head": head} if head != "causal_lm" else {}
@@ -249,16 +254,20 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
     return ckpt.resolve_resume(resume, run_dir)
 
 
-def _export(cfg: DictConfig, model, tokenizer, run_dir: Path, adapter) -> Path:
+def _export(cfg: DictConfig, model, tokenizer, run_dir: Path, adapter) -> Path | None:
+    """Every selected export format (medlab.export.EXPORTERS) into its folder of the run dir; returns the first."""
     from hydra.utils import instantiate
 
-    from medlab.export import chat_export, export_merged, export_model, is_peft
+    from medlab.export import chat_export, selected_exporters
 
     chat = chat_export(cfg.data, tokenizer)  # the chat template the run trained with (None: the tokenizer's own)
-    out = export_model(model, tokenizer, run_dir / "export", chat)
-    if cfg.export.merge_lora and is_peft(model):
-        export_merged(out, lambda: instantiate(cfg.model)(), run_dir / "export_merged", chat)
-    return out
+    context = {"chat": chat, "adapter": adapter, "load_base": lambda: instantiate(cfg.model)()}
+    written = []
+    for exporter in selected_exporters(cfg):
+        if exporter.name == "merged" and written:
+            context["adapter_dir"] = written[0]  # merge the adapter the hf export just wrote
+        written.append(exporter.export(model, tokenizer, run_dir / exporter.out_subdir, **context))
+    return written[0] if written else None
 
 
 def _setup_logging() -> None:

@@ -1,13 +1,67 @@
-"""Shared test fixtures: tiny models and toy token data built in code (no files, no network)."""
+"""Shared test helpers: tiny models and toy token data built in code (no files, no network), the shipped assets,
+config composition and runs, JSON-lines files. Fixtures live in ``conftest.py``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from lightning.fabric import Fabric
 
+import medlab
+
 IGNORE = -100
+TOKENIZER_DIR = medlab.ASSETS_DIR / "tokenizer"   # committed assets: a missing one fails the tests, never skips
+SAMPLE_DIR = medlab.ASSETS_DIR / "sample"
+UNUSED_RUN_DIR = "/tmp/medlab-unused-run-dir"     # for configs that are composed and checked, never run
 
 
+# ---------------------------------------------------------------------------------------------- configs and runs
+def config_options(group: str) -> list[str]:
+    """The option names of a config group (``conf/<group>/*.yaml``)."""
+    return sorted(p.stem for p in (medlab.CONF_DIR / group).glob("*.yaml"))
+
+
+EXPERIMENTS = config_options("experiment")  # every experiment, so a new file is checked without a test edit
+
+
+def compose(experiment: str | None = None, overrides=(), run_dir: str | Path = UNUSED_RUN_DIR):
+    """``medlab.compose`` with a run dir that nothing writes to (for configs that are only checked)."""
+    return medlab.compose(experiment, list(overrides), run_dir=str(run_dir))
+
+
+def run_experiment(experiment: str | None, overrides, run_dir: str | Path, callbacks=None):
+    """Compose + ``medlab.run``: the RunResult (a float with ``.metrics``, ``.history``, ``.run_dir``)."""
+    return medlab.run(compose(experiment, overrides, run_dir), callbacks=callbacks)
+
+
+def objective_family(cfg) -> str:
+    """``causal`` (CausalLM), ``grpo`` (GRPOPolicy) or ``retrieval`` (bi-/cross-encoders) for a composed config."""
+    target = str(cfg.objective._target_)
+    if target.endswith("GRPOPolicy"):
+        return "grpo"
+    return "causal" if target.endswith("CausalLM") else "retrieval"
+
+
+# ---------------------------------------------------------------------------------------------- files
+def write_jsonl(path: str | Path, rows) -> Path:
+    """One JSON object per line (UTF-8, non-ASCII kept); a ``str`` item is written as it is (to plant a broken
+    line). Parent directories are created. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The rows of a JSON-lines file (the first ``limit`` when given)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines[:limit]]
+
+
+# ---------------------------------------------------------------------------------------------- tiny models and data
 def tiny_llama(vocab: int = 128, hidden: int = 32, layers: int = 2, seed: int = 0, dropout: float = 0.0,
                attn_implementation: str = "sdpa", max_positions: int = 2048):
     """A random-init Llama in fp32, built in code (no files)."""

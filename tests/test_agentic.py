@@ -49,7 +49,9 @@ def setup(tmp_path_factory):
                "retrieval_relevance": {"_target_": "retrieval_relevance", "weight": 0.5},
                "tool_format": {"_target_": "medlab.rl.agent.tool_format", "weight": 0.1}}
     module = GRPOPolicy(model, tok, rewards=rewards, num_generations=2, max_new_tokens=48, tools=tools, max_turns=3)
-    module.build_tools()
+    from medlab.evaluation import load_run
+
+    module.build_tools(load_run)
     return module, data, tok
 
 

@@ -1,18 +1,22 @@
-"""The shipped sample data and tokenizer are present, well-formed and agree with their generators."""
+"""The shipped sample data and tokenizer are present, well-formed and agree with their generators.
+
+They are committed assets: a missing one is a failure here (and in every test that uses it), never a skip.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from helpers import SAMPLE_DIR as SAMPLE
+from helpers import TOKENIZER_DIR as TOKENIZER
+from helpers import read_jsonl as _read_jsonl
 
+import medlab
 from medlab.assets import build_tokenizer, make_sample_data
 
-ASSETS = Path(make_sample_data.__file__).resolve().parent
-SAMPLE = ASSETS / "sample"
-TOKENIZER = ASSETS / "tokenizer"
+ASSET_REF = re.compile(r"\$\{asset:([^}]+)\}")
 
 ROW_RANGES = {
     "medical_corpus.txt": (250, 400),
@@ -30,7 +34,7 @@ def is_zh(text: str) -> bool:
 
 
 def read_jsonl(name: str) -> list[dict]:
-    return [json.loads(line) for line in (SAMPLE / name).read_text(encoding="utf-8").splitlines()]
+    return _read_jsonl(SAMPLE / name)
 
 
 def corpus_lines() -> list[str]:
@@ -40,6 +44,25 @@ def corpus_lines() -> list[str]:
 def assert_bilingual(texts: list[str]) -> None:
     zh = sum(map(is_zh, texts))
     assert 0.3 * len(texts) <= zh <= 0.7 * len(texts), f"{zh} of {len(texts)} rows are Chinese"
+
+
+# ---------------------------------------------------------------------------- what the configs name
+
+
+def test_every_asset_a_config_names_is_shipped():
+    """Each ``${asset:...}`` in conf/ (sample data, tokenizer) is a file or directory under medlab/assets."""
+    named = {ref: path for path in medlab.CONF_DIR.rglob("*.yaml") for ref in ASSET_REF.findall(path.read_text())}
+    assert {"tokenizer", "sample/sft_alpaca.jsonl"} <= set(named), sorted(named)
+    missing = {ref: str(path) for ref, path in named.items() if not (medlab.ASSETS_DIR / ref).exists()}
+    assert not missing, f"assets named in conf/ but not shipped: {missing}"
+
+
+@pytest.mark.parametrize("name", ["image_captions.jsonl", "val_image_captions.jsonl"])
+def test_every_sample_image_a_caption_row_names_is_shipped(name):
+    rows = read_jsonl(name)
+    assert rows
+    missing = [r["image"] for r in rows if not (SAMPLE / r["image"]).is_file()]
+    assert not missing, f"{name} names images that are not shipped: {missing[:5]}"
 
 
 # ---------------------------------------------------------------------------- sample data
@@ -193,13 +216,6 @@ def test_toolcall_lab_and_interaction_results_match_tables():
 
 
 # ---------------------------------------------------------------------------- tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TOKENIZER)
 
 
 def test_tokenizer_dir_is_small():

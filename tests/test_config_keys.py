@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import EXPERIMENTS
+from helpers import compose as _compose
+from helpers import config_options as _options
 from omegaconf import OmegaConf
 
 import medlab
@@ -16,15 +19,6 @@ from medlab.config import ConfigError, collect_problems
 from medlab.config.keys import CODE_KEYS, unknown_keys
 
 CONF = medlab.CONF_DIR
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def _compose(experiment, overrides=()):
-    return medlab.compose(experiment, list(overrides), run_dir="/tmp/medlab-unused-run-dir")
 
 
 # ------------------------------------------------------------------------------------------ typos

@@ -1,44 +1,138 @@
-"""Every experiment composes and instantiates; bad configs fail up front with every problem listed."""
+"""Every experiment composes, validates and instantiates; bad configs fail up front with every problem listed;
+the optimizer group and the experiments that extend other experiments hold each value once."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import subprocess
 import sys
 
 import pytest
+from helpers import EXPERIMENTS, compose, config_options
 from hydra.utils import instantiate
+from lightning.fabric.loggers import Logger
 from omegaconf import OmegaConf
 
 import medlab
-from medlab.config import ConfigError, collect_problems, redact
+from medlab.config import ConfigError, collect_problems, redact, validate_config
+from medlab.objectives.common import OptimSettings
 
-EXPERIMENTS = sorted(p.stem for p in (medlab.CONF_DIR / "experiment").glob("*.yaml"))
+CONF = medlab.CONF_DIR
+SHIPPED = {"cpt", "sft", "sft_lora", "sft_qlora", "sft_toolcall", "biencoder", "biencoder_qlora", "biencoder_vlm",
+           "reranker", "reranker_llm_qlora", "grpo", "grpo_lora", "grpo_qlora", "agentic_rag"}
 
 
-def test_expected_experiments_exist():
-    assert {"cpt", "sft", "sft_lora", "sft_qlora", "sft_toolcall"} <= set(EXPERIMENTS)
+def test_every_shipped_experiment_is_found():
+    """The glob behind the parametrized tests finds the experiments (a new file is checked without a test edit)."""
+    assert SHIPPED <= set(EXPERIMENTS), sorted(SHIPPED - set(EXPERIMENTS))
 
 
 @pytest.mark.parametrize("experiment", [None] + EXPERIMENTS)
 def test_experiment_composes_validates_and_instantiates(experiment, tmp_path):
     cfg = medlab.compose(experiment, run_dir=str(tmp_path))
-    assert collect_problems(cfg) == []
-    adapter = instantiate(cfg.adapter)
-    assert adapter.kind in ("none", "lora", "dora")
-    data = instantiate(cfg.data)
-    assert data.validate() == []
-    assert callable(instantiate(cfg.model))
-    for name, lcfg in cfg.logger.items():
-        assert instantiate(lcfg) is not None, name
+    validate_config(cfg)  # the whole up-front validation: raises ConfigError listing every problem
     if experiment:
         assert cfg.name == experiment
+    adapter = instantiate(cfg.adapter)
+    assert adapter.kind == cfg.adapter.kind and adapter.problems() == []
+    data = instantiate(cfg.data)
+    assert data.validate() == []
+    # the model loader takes the call the runner makes (every required argument is in the config)
+    load_model = instantiate(cfg.model)
+    inspect.signature(load_model).bind(quantization_config=adapter.quantization_config(), head="causal_lm")
+    for name, lcfg in cfg.logger.items():
+        assert isinstance(instantiate(lcfg), Logger), name
 
 
-def test_every_config_group_option_composes(tmp_path):
-    for group in ("model", "adapter", "data", "strategy", "logger"):
-        for option in sorted(p.stem for p in (medlab.CONF_DIR / group).glob("*.yaml")):
-            cfg = medlab.compose(None, [f"{group}={option}"], run_dir=str(tmp_path))
-            assert OmegaConf.select(cfg, group) is not None, (group, option)
+@pytest.mark.parametrize("group", ["model", "adapter", "data", "objective", "strategy", "logger"])
+def test_every_config_group_option_composes_with_its_own_settings(group, tmp_path):
+    for option in config_options(group):
+        cfg = medlab.compose(None, [f"{group}={option}"], run_dir=str(tmp_path))
+        own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
+        own.pop("defaults", None)
+        composed = OmegaConf.to_container(cfg[group], resolve=False)
+        assert set(own) <= set(composed), (group, option, sorted(set(own) - set(composed)))
+        if "_target_" in own:
+            assert composed["_target_"] == own["_target_"], (group, option)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer group
+ADAMW = OmegaConf.to_container(OmegaConf.load(CONF / "optim" / "adamw.yaml"))
+
+
+def test_optim_group_holds_the_optim_settings_defaults():
+    defaults = {f.name: f.default for f in dataclasses.fields(OptimSettings)}
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in ADAMW.items()} == defaults
+
+
+@pytest.mark.parametrize("objective", config_options("objective"))
+def test_every_objective_gets_the_optimizer_settings_from_the_group(objective):
+    """``objective.lr``, ``objective.betas``, ... come from conf/optim/adamw.yaml; an objective file states only
+    the values it changes (none repeats the group's)."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "objective" / f"{objective}.yaml"), resolve=False)
+    assert {"/optim@_here_": "adamw"} in own["defaults"] and own["defaults"][-1] == "_self_"
+    repeated = {k: v for k, v in own.items() if k in ADAMW and ADAMW[k] == v}
+    assert not repeated, f"conf/objective/{objective}.yaml repeats conf/optim/adamw.yaml: {repeated}"
+    composed = OmegaConf.to_container(compose(None, [f"objective={objective}"]).objective, resolve=True)
+    assert {k: own.get(k, v) for k, v in ADAMW.items()} == {k: composed[k] for k in ADAMW}
+
+
+def test_optimizer_settings_are_set_from_the_command_line():
+    cfg = compose("sft", ["objective=causal_lm", "objective.lr=0.5", "objective.scheduler=linear"])
+    assert (cfg.objective.lr, cfg.objective.scheduler, list(cfg.objective.betas)) == (0.5, "linear", [0.9, 0.95])
+    cfg = compose("grpo_qlora", ["objective.lr=1e-6", "objective.weight_decay=0.1"])
+    assert (cfg.objective.lr, cfg.objective.weight_decay, cfg.objective.scheduler) == (1e-6, 0.1, "constant")
+    cfg = compose("biencoder", ["objective=cross_encoder"])  # group swap: the new objective's own values
+    assert cfg.objective._target_.endswith("CrossEncoder") and cfg.objective.scheduler == "linear"
+    assert collect_problems(compose("sft", ["+objective.betas_=[0.9,0.9]"])) != []  # a typo is still refused
+
+
+# ---------------------------------------------------------------------------------------------- experiments extending experiments
+def _base_experiment(experiment: str) -> str | None:
+    """The experiment ``experiment`` extends (a plain name in its defaults list), if any."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"), resolve=False)
+    bases = [d for d in own.get("defaults", []) if isinstance(d, str) and d in EXPERIMENTS]
+    assert len(bases) <= 1, (experiment, bases)
+    return bases[0] if bases else None
+
+
+def _get(container, path):
+    for key in path:
+        if not isinstance(container, dict) or key not in container:
+            return "<missing>"
+        container = container[key]
+    return container
+
+
+def _leaves(node, prefix=()):
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            yield from _leaves(v, (*prefix, str(k)))
+    else:
+        yield prefix, node
+
+
+def test_variants_extend_their_base_experiment():
+    bases = {e: _base_experiment(e) for e in EXPERIMENTS}
+    expected = {"grpo_lora": "grpo", "grpo_qlora": "grpo_lora", "agentic_rag": "grpo_qlora", "sft_lora": "sft",
+                "sft_qlora": "sft_lora", "sft_toolcall": "sft", "biencoder_qlora": "biencoder",
+                "biencoder_vlm": "biencoder", "reranker_llm_qlora": "reranker"}
+    assert {e: b for e, b in bases.items() if e in expected} == expected
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if _base_experiment(e)])
+def test_a_variant_states_only_what_differs_from_its_base(experiment):
+    """No copied blocks: every value a variant's file sets differs from what its base experiment already gives,
+    and the variant is its base plus exactly those values (and its defaults-list overrides)."""
+    base = _base_experiment(experiment)
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"), resolve=False)
+    own.pop("defaults")
+    base_cfg = OmegaConf.to_container(compose(base), resolve=False)
+    copies = [".".join(path) for path, value in _leaves(own) if path != ("name",) and _get(base_cfg, path) == value]
+    assert not copies, f"{experiment} repeats what {base} already sets: {copies}"
+    cfg = OmegaConf.to_container(compose(experiment), resolve=False)
+    assert [path for path, value in _leaves(own) if _get(cfg, path) != value] == []
 
 
 def test_all_problems_reported_at_once(tmp_path):

@@ -1,7 +1,7 @@
 """What a new user hits with their own data: problems found up front (before any model loads, all at once,
 named ``FILE line N`` / ``FILE row N`` counting from 1), unparsable lines skipped and counted with
 ``data.on_bad_row=skip``, a validation split held out by default, and every documented ``data.fields.*``
-(and ``eval.*`` / ``mine.*``) key settable as the README shows it."""
+key settable as the README shows it (``eval.*`` / ``mine.*``: tests/test_eval_commands.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import datasets
 import pytest
+from helpers import TOKENIZER_DIR, write_jsonl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_data_support import TOKENIZER_DIR
 from transformers import AutoTokenizer
 
 import medlab
@@ -38,12 +38,6 @@ def _alpaca(i: int) -> dict:
     return {"instruction": f"What is condition {i}?", "output": f"Condition {i} is a made-up disease number {i}."}
 
 
-def _write_lines(path: Path, lines: list) -> Path:
-    """One line per item: a dict is written as JSON, a string as it is (to plant broken lines)."""
-    path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
-    return path
-
-
 def _no_model(monkeypatch):
     monkeypatch.setattr(medlab.runner, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
 
@@ -55,7 +49,7 @@ def test_a_truncated_line_deep_in_the_file_is_a_config_problem_before_the_model_
     """The issue's case: line 8 of 12 is cut off; it used to surface only after the model had loaded."""
     lines = [_alpaca(i) for i in range(12)]
     lines[7] = '{"instruction": "a", "output": '
-    path = _write_lines(tmp_path / "sft.jsonl", lines)
+    path = write_jsonl(tmp_path / "sft.jsonl", lines)
     _no_model(monkeypatch)
     with pytest.raises(ConfigError) as err:
         medlab.run(medlab.compose(None, ["data=sft_chat", f"data.path={path}", *QUICK], run_dir=str(tmp_path / "r")))
@@ -66,7 +60,7 @@ def test_a_truncated_line_deep_in_the_file_is_a_config_problem_before_the_model_
 
 def test_every_bad_line_and_row_of_every_file_is_listed_at_once(tmp_path):
     """jsonl (parse error + a row problem after a blank line), csv, a .json list and parquet in one check."""
-    a = _write_lines(tmp_path / "a.jsonl", [_alpaca(0), "", '{"instruction": "x", "output": }', _alpaca(1),
+    a = write_jsonl(tmp_path / "a.jsonl", [_alpaca(0), "", '{"instruction": "x", "output": }', _alpaca(1),
                                             {"instruction": "no answer"}])
     b = tmp_path / "b.csv"
     b.write_text('instruction,output\nq1,a1\nq2,a2,extra\n"multi\nline",\n')
@@ -95,7 +89,7 @@ def test_every_bad_line_and_row_of_every_file_is_listed_at_once(tmp_path):
 
 def test_retrieval_and_prompt_data_are_read_in_full_by_validation(tmp_path):
     pairs = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(9)]
-    path = _write_lines(tmp_path / "pairs.jsonl", [*pairs[:6], "{broken", *pairs[6:], {"question": "q", "answer": ""}])
+    path = write_jsonl(tmp_path / "pairs.jsonl", [*pairs[:6], "{broken", *pairs[6:], {"question": "q", "answer": ""}])
     problems = RetrievalData(path).validate()
     assert f"{path} line 7: not valid JSON (Expecting property name enclosed in double quotes at column 2)" in problems
     assert f"{path} line 11: field 'answer': no positive document (empty or missing)" in problems
@@ -103,7 +97,7 @@ def test_retrieval_and_prompt_data_are_read_in_full_by_validation(tmp_path):
     assert RetrievalData(path, on_bad_row="skip").validate() == []
 
     qa = [{"question": f"Is {i} even?", "options": ["yes", "no"], "answer": "A"} for i in range(8)]
-    path = _write_lines(tmp_path / "qa.jsonl", [*qa[:6], '{"question": "cut', *qa[6:], {"question": "", "answer": "A"}])
+    path = write_jsonl(tmp_path / "qa.jsonl", [*qa[:6], '{"question": "cut', *qa[6:], {"question": "", "answer": "A"}])
     problems = PromptData(path).validate()
     assert any(p.startswith(f"{path} line 7: not valid JSON (Unterminated string starting at column 14)")
                for p in problems), problems
@@ -112,7 +106,7 @@ def test_retrieval_and_prompt_data_are_read_in_full_by_validation(tmp_path):
 
 
 def test_prompt_data_names_the_mapped_column(tmp_path):
-    path = _write_lines(tmp_path / "qa.jsonl", [{"Q": "ok?", "answer": "A"}, {"Q": " ", "answer": "A"}])
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"Q": "ok?", "answer": "A"}, {"Q": " ", "answer": "A"}])
     problems = PromptData(path, fields={"question": "Q"}).validate()
     assert f"{path} line 2: field 'question' (column 'Q'): missing or empty question" in problems
 
@@ -122,7 +116,7 @@ def test_prompt_data_names_the_mapped_column(tmp_path):
 
 def test_skip_drops_and_counts_unparsable_lines_in_every_data_source(tmp_path, monkeypatch):
     lines = [_alpaca(i) for i in range(10)] + ['{"instruction": "a", "output": ', "\x00not json", "[1, 2]"]
-    path = _write_lines(tmp_path / "sft.jsonl", lines)
+    path = write_jsonl(tmp_path / "sft.jsonl", lines)
     _no_model(monkeypatch)
     cfg = medlab.compose(None, ["data=sft_chat", f"data.path={path}", "data.on_bad_row=skip"], run_dir=str(tmp_path))
     assert collect_problems(cfg) == []  # skip: nothing to fix up front
@@ -134,23 +128,23 @@ def test_skip_drops_and_counts_unparsable_lines_in_every_data_source(tmp_path, m
     assert counts["train/kept"] + counts["val/kept"] == 10
     assert len(read_located(path).unparsable) == 3
 
-    pairs = _write_lines(tmp_path / "pairs.jsonl", [{"question": "q1", "answer": "a1"}, "oops",
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q1", "answer": "a1"}, "oops",
                                                     {"question": "q2", "answer": "a2"}])
     counts = RetrievalData(pairs, on_bad_row="skip").setup(None)
-    assert counts["train/dropped_unparsable"] == 1 and counts["train/examples"] == 2
+    assert counts["train/bad_row/unparsable"] == 1 and counts["train/examples"] == 2
     with pytest.raises(DataError, match=r"pairs.jsonl line 2: not valid JSON"):
         RetrievalData(pairs).setup(None)
 
-    qa = _write_lines(tmp_path / "qa.jsonl", [{"question": "ok?", "answer": "yes"}, "oops"])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "ok?", "answer": "yes"}, "oops"])
     prompts = PromptData(qa, on_bad_row="skip")
     counts = prompts.setup(tokenizer)
-    assert counts["train/dropped_unparsable"] == 1 and counts["train/prompts"] == 1
+    assert counts["train/bad_row/unparsable"] == 1 and counts["train/prompts"] == 1
     assert prompts.train_dataset[0]["fields"]["source"] == f"{qa} line 1"
 
 
 def test_skipped_unparsable_lines_reach_metrics_json(tmp_path):
     lines = [_alpaca(i) for i in range(12)] + ['{"instruction": "a", "output": ']
-    path = _write_lines(tmp_path / "sft.jsonl", lines)
+    path = write_jsonl(tmp_path / "sft.jsonl", lines)
     result = medlab.run(medlab.compose(None, ["data=sft_chat", f"data.path={path}", "data.on_bad_row=skip",
                                               "trainer.max_steps=1", "data.batch_size=4", *QUICK],
                                        run_dir=str(tmp_path / "r")))
@@ -172,7 +166,7 @@ def test_held_out_count(n, fraction, lo, hi, expected):
 
 def test_sft_chat_holds_out_a_split_so_the_objective_is_finite(tmp_path):
     """CLI-equivalent: python -m medlab data=sft_chat data.path=small.jsonl gives a finite val/loss objective."""
-    path = _write_lines(tmp_path / "small.jsonl", [_alpaca(i) for i in range(24)])
+    path = write_jsonl(tmp_path / "small.jsonl", [_alpaca(i) for i in range(24)])
     cfg = medlab.compose(None, ["data=sft_chat", f"data.path={path}", "trainer.max_steps=2",
                                 "trainer.val_every_n_steps=2", "data.batch_size=4", *QUICK],
                          run_dir=str(tmp_path / "r"))
@@ -189,7 +183,7 @@ def test_sft_chat_holds_out_a_split_so_the_objective_is_finite(tmp_path):
 def test_user_data_configs_hold_out_validation_rows(name, overrides, tmp_path):
     path = tmp_path / ("data.jsonl" if name == "sft_chat" else "data.txt")
     if name == "sft_chat":
-        _write_lines(path, [_alpaca(i) for i in range(40)])
+        write_jsonl(path, [_alpaca(i) for i in range(40)])
     else:
         path.write_text("".join(f"Document {i} about a made-up condition.\n" for i in range(40)))
     cfg = medlab.compose(None, [f"data={name}", f"data.path={path}", *overrides], run_dir=str(tmp_path))
@@ -207,12 +201,12 @@ def test_a_short_cpt_validation_split_becomes_one_shorter_block(tmp_path):
 
 
 def test_no_validation_rows_with_a_val_monitor_is_said_up_front(tmp_path):
-    path = _write_lines(tmp_path / "small.jsonl", [_alpaca(i) for i in range(6)])
+    path = write_jsonl(tmp_path / "small.jsonl", [_alpaca(i) for i in range(6)])
     base = ["data=sft_chat", f"data.path={path}"]
     problems = collect_problems(medlab.compose(None, base + ["data.val_split=0"], run_dir=str(tmp_path)))
     assert any("no validation rows" in p and "trainer.monitor=val/loss" in p and "data.val_split" in p
                for p in problems), problems
-    one = _write_lines(tmp_path / "one.jsonl", [_alpaca(0)])  # too small to hold anything out
+    one = write_jsonl(tmp_path / "one.jsonl", [_alpaca(0)])  # too small to hold anything out
     problems = collect_problems(medlab.compose(None, ["data=sft_chat", f"data.path={one}"], run_dir=str(tmp_path)))
     assert any("no validation rows" in p for p in problems), problems
     # monitoring a training metric, or no scheduled validation (a warning then), is fine
@@ -233,10 +227,10 @@ def test_every_sft_field_is_settable_and_null_means_not_mapped(data, tmp_path):
     cfg = medlab.compose(None, ["data=sft_chat", "data.path=x", "data.fields={instruction: question, output: answer}"],
                          run_dir=str(tmp_path))
     assert (cfg.data.fields.instruction, cfg.data.fields.output, cfg.data.fields.input) == ("question", "answer", None)
-    qa = _write_lines(tmp_path / "qa.jsonl", [{"question": "Q?", "answer": "A."}])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Q?", "answer": "A."}])
     cfg.data.path = str(qa)
     assert instantiate(cfg.data).validate() == []
-    alpaca = _write_lines(tmp_path / "alpaca.jsonl", [_alpaca(0), _alpaca(1)])
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [_alpaca(0), _alpaca(1)])
     cfg = medlab.compose(None, ["data=sft_chat", f"data.path={alpaca}"], run_dir=str(tmp_path))  # all null
     assert instantiate(cfg.data).validate() == []
 
@@ -254,7 +248,7 @@ def test_every_prompt_field_is_settable(data, tmp_path):
     for name in rl_data.CANONICAL:
         cfg = medlab.compose("grpo_lora", [f"data={data}", f"data.fields.{name}=col"], run_dir=str(tmp_path))
         assert cfg.data.fields[name] == "col"
-    qa = _write_lines(tmp_path / "qa.jsonl", [{"Question": "Is it?", "answer": "yes"},
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"Question": "Is it?", "answer": "yes"},
                                               {"Question": "?", "answer": "no"}])
     cfg = medlab.compose("grpo_lora", ["data=sample_qa", f"data.path={qa}", "data.val_path=null", "data.val_split=0.5",
                                        "data.fields.question=Question"],
@@ -276,7 +270,7 @@ def test_every_data_field_the_readme_names_exists():
 def _triples(path: Path, n_questions: int = 12) -> Path:
     rows = [{"question": f"What treats condition {q}?", "answer": f"Treatment {q}-{k} helps with condition {q}.",
              "judgment": 4 - k, "qid": f"q{q}"} for q in range(n_questions) for k in range(3)]
-    return _write_lines(path, rows)
+    return write_jsonl(path, rows)
 
 
 def test_readme_retrieval_mapping_on_triples_sets_up_and_runs(tmp_path):
@@ -303,42 +297,3 @@ def test_readme_retrieval_mapping_on_triples_sets_up_and_runs(tmp_path):
     examples = instantiate(bi.data)
     examples.setup(None)
     assert all(e["positive"].startswith("Treatment") for e in examples.train_dataset)  # judged >= 3 -> pairs
-
-
-def _readme_args(command: str) -> list[str]:
-    """The key=value args of every README example of `python -m medlab.<command>`."""
-    blocks = re.findall(rf"python -m medlab\.{command} ((?:[^\n\\]|\\\n)*)", README)
-    return [tok for block in blocks for tok in block.replace("\\\n", " ").split() if "=" in tok]
-
-
-def test_readme_evaluate_and_mine_keys_are_all_accepted(tmp_path):
-    from medlab.evaluate import retrieval_data
-    from medlab.inference import split_args
-
-    judged = _triples(tmp_path / "judged.jsonl")
-    pairs = _write_lines(tmp_path / "pairs.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(6)])
-    args = _readme_args("evaluate")
-    assert any(a.startswith("eval.fields.doc=") for a in args) and any(a.startswith("eval.score_range") for a in args)
-    runs = {"biencoder": medlab.compose("biencoder", [], run_dir=str(tmp_path)),
-            "reranker": medlab.compose("reranker", [], run_dir=str(tmp_path))}
-    for block in re.findall(r"python -m medlab\.evaluate ((?:[^\n\\]|\\\n)*)", README):
-        mine, _ = split_args(block.replace("\\\n", " ").split(), ("run_dir", "eval"))
-        ev = OmegaConf.to_container(OmegaConf.from_dotlist([f"{k}={v}" for k, v in mine.items() if k != "run_dir"]))
-        ev = ev["eval"]
-        if ev.get("task") == "qa":
-            from medlab.rl.evaluate import DATA_OPTIONS
-
-            assert set(ev) - {"path", "task", "limit", "out", "checkpoint", "batch_size"} <= set(DATA_OPTIONS)
-            continue
-        reranker = "reranker" in block
-        ev["path"] = str(judged if reranker else pairs)
-        data = retrieval_data(runs["reranker" if reranker else "biencoder"], ev, "rerank" if reranker else "retrieval")
-        assert data.validate() == [], block
-        assert set(ev.get("fields", {})) <= set(R.CANONICAL)
-
-    source = (medlab.CONF_DIR.parent / "medlab" / "mine.py").read_text()
-    keys = {a.split("=", 1)[0] for a in _readme_args("mine") if a.startswith("mine.")}
-    assert {"mine.path", "mine.out", "mine.k", "mine.skip_top"} <= keys
-    for key in keys:
-        name = key.split(".")[1]
-        assert f'opt.get("{name}"' in source or f'opt["{name}"]' in source or f'"{name}" in opt' in source, key

@@ -12,7 +12,7 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_data_support import SAMPLE_DIR, tokenizer, write_jsonl  # noqa: F401  (fixture)
+from test_data_support import SAMPLE_DIR, write_jsonl
 
 import medlab
 from medlab.data import CausalLMData, DataError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from test_data_support import SAMPLE_DIR, tiny_llama, tokenizer, write_jsonl  # noqa: F401  (fixture)
+from test_data_support import SAMPLE_DIR, tiny_llama, write_jsonl
 
 from medlab.data import CausalLMData, read_records
 from medlab.data.collate import collate_padded, collate_padding_free

@@ -1,21 +1,15 @@
-"""Shared fixtures for the data tests (this module holds no tests).
+"""Shared conversations for the data tests (this module holds no tests).
 
-The tokenizer is the one the project ships (`medlab/assets/tokenizer`): the masks are checked with the
-exact tokenizer users get by default. Conversations cover single-turn, multi-turn, system prompts and
-tool calls, in English and Chinese.
+The tokenizer (the ``tokenizer`` fixture in conftest.py) is the one the project ships (`medlab/assets/tokenizer`):
+the masks are checked with the exact tokenizer users get by default. Conversations cover single-turn, multi-turn,
+system prompts and tool calls, in English and Chinese.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
-import medlab
-
-TOKENIZER_DIR = medlab.ASSETS_DIR / "tokenizer"
-SAMPLE_DIR = medlab.ASSETS_DIR / "sample"
-IGNORE = -100
+from helpers import IGNORE, SAMPLE_DIR, TOKENIZER_DIR, write_jsonl  # noqa: F401  (re-exported to the data tests)
 
 TOOLS = json.dumps(
     [
@@ -76,24 +70,6 @@ CONVERSATIONS = {
         TOOLS,
     ),
 }
-
-
-def load_tokenizer():
-    from transformers import AutoTokenizer
-
-    if not (TOKENIZER_DIR / "tokenizer.json").exists():
-        pytest.skip(f"the shipped tokenizer {TOKENIZER_DIR} is not built yet")
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    return load_tokenizer()
-
-
-def write_jsonl(path, rows) -> str:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
 
 
 def tiny_llama(vocab: int, attn_implementation: str = "sdpa", seed: int = 0):

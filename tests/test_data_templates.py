@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_data_support import CONVERSATIONS, IGNORE, SAMPLE_DIR, msg, tokenizer  # noqa: F401  (fixture)
+from test_data_support import CONVERSATIONS, IGNORE, SAMPLE_DIR, msg
 
 from medlab.data import DataError, read_records
 from medlab.data.formats import normalize

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from test_data_support import tiny_llama, tokenizer, write_jsonl  # noqa: F401  (fixture)
+from test_data_support import tiny_llama, write_jsonl
 
 from medlab.data import CausalLMData, DataError
 from medlab.data.templates import get_template

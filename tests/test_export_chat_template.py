@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 
 import pytest
-import torch
-from test_data_support import CONVERSATIONS, SAMPLE_DIR, tokenizer  # noqa: F401  (fixture)
+from helpers import read_jsonl
+from test_data_support import CONVERSATIONS, SAMPLE_DIR
 from transformers import AutoTokenizer, GenerationConfig
 
 import medlab
@@ -41,12 +41,7 @@ def _tiny_model(tokenizer):
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 # ---------------------------------------------------------------------------------------------- SFT data
@@ -157,7 +152,7 @@ def test_run_exports_the_template_it_trained_with(tmp_path, monkeypatch):
     ], run_dir=str(tmp_path / "run"))
     result = medlab.run(cfg)
 
-    records = [json.loads(line) for line in (SAMPLE_DIR / "sft_alpaca.jsonl").read_text().splitlines()[:8]]
+    records = read_jsonl(SAMPLE_DIR / "sft_alpaca.jsonl", limit=8)
     trained = {tuple(row["input_ids"]) for row in seen["train"]}
     assert len(trained) == 8
     for export in ("export", "export_merged"):

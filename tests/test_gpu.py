@@ -10,8 +10,7 @@ import copy
 
 import pytest
 import torch
-
-import medlab
+from helpers import run_experiment
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -19,7 +18,7 @@ BF16 = ["strategy.accelerator=cuda", "strategy.precision=bf16-mixed", "trainer.p
 
 
 def _run(tmp_path, experiment, overrides):
-    return medlab.run(medlab.compose(experiment, BF16 + list(overrides), run_dir=str(tmp_path / "run")))
+    return run_experiment(experiment, BF16 + list(overrides), tmp_path / "run")
 
 
 def test_sft_bf16_learns_and_uses_fused_adamw(tmp_path):

@@ -50,14 +50,9 @@ def _minilm_dir() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(one_thread):  # one torch thread (conftest.py): several times faster than 2 on a shared 2-core machine
     """(model, query inputs, answer inputs, model dir or None for the tiny random fallback)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # several times faster than 2 threads on a shared 2-core machine
-    try:
-        yield _load()
-    finally:
-        torch.set_num_threads(threads)
+    return _load()
 
 
 def _load():

@@ -3,12 +3,11 @@ QA evaluation, and a learning test on a verifiable toy task."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from helpers import cpu_fabric, pad_collate, tiny_llama, toy_examples
+from helpers import cpu_fabric, pad_collate, read_jsonl, run_experiment, tiny_llama, toy_examples, write_jsonl
 
 import medlab
 from medlab.data.errors import DataError
@@ -25,13 +24,7 @@ FAST = ["objective.num_generations=4", "objective.max_new_tokens=8", "data.batch
         "export.enabled=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads stall on a busy CPU (10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 # ---------------------------------------------------------------------------------------------- toy rewards
@@ -62,13 +55,7 @@ def _toy_rewards() -> list[str]:
 
 
 def _run(tmp_path, experiment, overrides=(), callbacks=None, run_dir=None):
-    cfg = medlab.compose(experiment, FAST + list(overrides), run_dir=str(run_dir or tmp_path / "run"))
-    return medlab.run(cfg, callbacks=callbacks)
-
-
-def _jsonl(path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+    return run_experiment(experiment, FAST + list(overrides), run_dir or tmp_path / "run", callbacks=callbacks)
 
 
 def _options(row) -> dict:
@@ -228,13 +215,6 @@ def test_resume_mid_run_reproduces_rewards_and_losses(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- module level
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(medlab.ASSETS_DIR / "tokenizer"))
-
-
 def _prompt_batch(tok, records=None, n=2):
     data = PromptData(SAMPLE_TRAIN, limit=n)
     if records is None:
@@ -301,9 +281,7 @@ def test_reward_failures_are_masked_and_counted_never_fatal(tok):
 
 # ---------------------------------------------------------------------------------------------- prompt data
 def _write(tmp_path, name, rows):
-    path = tmp_path / name
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+    return write_jsonl(tmp_path / name, rows)
 
 
 def test_prompt_rendering_options_answers_and_kept_fields(tmp_path, tok):
@@ -343,8 +321,8 @@ def test_bad_prompt_rows_error_with_file_row_and_field_or_are_counted(tmp_path, 
     assert f"{path} line 4: field 'options'" in msg
     skip = PromptData(path, on_bad_row="skip")
     counts = skip.setup(tok)
-    assert len(skip.train_dataset) == 1 and counts["train/dropped_bad_question"] == 1
-    assert counts["train/dropped_bad_answer"] == 1 and counts["train/dropped_bad_options"] == 1
+    assert len(skip.train_dataset) == 1 and counts["train/bad_row/bad_question"] == 1
+    assert counts["train/bad_row/bad_answer"] == 1 and counts["train/bad_row/bad_options"] == 1
     problems = PromptData(path, fields={"question": "nope", "rationale": "x"}).validate()
     assert any("data.fields.question='nope': no such column" in p for p in problems)
     assert any("data.fields.rationale: unknown field" in p for p in problems)
@@ -356,7 +334,7 @@ def test_config_validation_catches_grpo_mismatches():
     cfg = medlab.compose("grpo_lora", ["data=sample_sft", "objective.rewards.accuracy._target_=nope.missing"],
                          run_dir="/tmp/unused")
     problems = "\n".join(collect_problems(cfg))
-    assert "objective=grpo needs prompt data" in problems and "objective.rewards:" in problems
+    assert "objective GRPOPolicy trains on prompts data" in problems and "objective.rewards:" in problems
 
 
 def test_shared_qa_data_configs_read_the_real_files(shared_data, tok):
@@ -393,17 +371,21 @@ class _ScriptedEngine:
 
 
 def test_evaluate_qa_scores_greedy_answers(tok):
-    from medlab.rl.evaluate import evaluate_qa
+    from medlab.evaluation import evaluate_qa, generation_settings
 
-    rows = _jsonl(SAMPLE_VAL)[:6]
+    rows = read_jsonl(SAMPLE_VAL)[:6]
     module = _lora_policy(tok)
-    module.engine = _ScriptedEngine(tok, [r["answer"] for r in rows])
-    out = evaluate_qa(module, rows, batch_size=4)
+    out = evaluate_qa(module, rows, batch_size=4, engine=_ScriptedEngine(tok, [r["answer"] for r in rows]))
     assert out["num_questions"] == 6 and out["accuracy"] == 0.5 and out["format_failure_rate"] == 0.5
     cfg = medlab.compose("grpo_lora", run_dir="/tmp/unused")
-    module.engine = _ScriptedEngine(tok, [r["answer"] for r in rows])
-    out = evaluate_qa(module, cfg, {"path": SAMPLE_VAL, "limit": 4}, batch_size=3)  # the lead's CLI call
+    out = evaluate_qa(module, cfg, {"path": SAMPLE_VAL, "limit": 4}, batch_size=3,  # the CLI's call
+                      engine=_ScriptedEngine(tok, [r["answer"] for r in rows]))
     assert out["num_questions"] == 4 and out["accuracy"] == 0.5 and out["data/train/prompts"] == 4
+    # generation settings come from the run's objective config, never probed on the module
+    assert out["max_new_tokens"] == (cfg.objective.val_max_new_tokens or cfg.objective.max_new_tokens)
+    assert generation_settings(cfg.objective)["engine"] == cfg.objective.engine
+    assert generation_settings(cfg.objective, {"max_new_tokens": 7})["max_new_tokens"] == 7
+    assert generation_settings(None) == {"engine": "hf", "check_every": 16, "max_new_tokens": 64}
     real = _lora_policy(tok)  # the untrained tiny model really generates: no tags, no accuracy
     out = evaluate_qa(real, rows, limit=3, max_new_tokens=4)
     assert out["num_questions"] == 3 and out["format_failure_rate"] == 1.0 and out["max_new_tokens"] == 4
@@ -437,7 +419,7 @@ def test_sample_qa_matches_its_generator_and_holds_out_the_val_conditions(tmp_pa
     make_qa_samples.main(tmp_path)
     for name in ("qa_mc_train.jsonl", "qa_mc_val.jsonl"):
         assert (tmp_path / name).read_bytes() == (medlab.ASSETS_DIR / "sample" / name).read_bytes(), name
-    train, val = _jsonl(SAMPLE_TRAIN), _jsonl(SAMPLE_VAL)
+    train, val = read_jsonl(SAMPLE_TRAIN), read_jsonl(SAMPLE_VAL)
     held_out = {c.en for c in make_sample_data.held_out_conditions()}
     train_options = {o for r in train for o in _options(r).values()}
     assert not held_out & train_options  # held-out conditions never appear in training, not even as distractors

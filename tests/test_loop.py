@@ -176,7 +176,10 @@ def test_validation_metrics_are_token_weighted_means(tmp_path):
 
 
 class TwoMicroBatchesPerBatch(CausalLM):
-    """An RL-style objective: each loader batch becomes one window of generated micro-batches."""
+    """An RL-style objective (medlab.contracts.ExperienceObjective): each loader batch becomes one window of
+    generated micro-batches."""
+
+    steps_per_experience = 1
 
     def make_experience(self, batch):
         ids = batch["ids"]
@@ -187,7 +190,7 @@ class TwoMicroBatchesPerBatch(CausalLM):
         for r, part in zip(rows, (ids[:half], ids[half:])):
             r["ids"], r["num_tokens"] = part, int(r["attention_mask"].sum())
             r["num_label_tokens"] = int((r["labels"][:, 1:] != -100).sum())
-        return rows
+        return [rows]
 
 
 def test_make_experience_turns_each_batch_into_one_window(tmp_path):

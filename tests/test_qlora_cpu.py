@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import EXPERIMENTS, compose, objective_family
 
 import medlab
 
@@ -29,19 +30,7 @@ from bitsandbytes.functional import has_avx512bf16  # noqa: E402
 from medlab.models.quant import keep_trainable_layout, repacked_layers  # noqa: E402
 
 CPU_HAS_AVX512_BF16 = bool(has_avx512bf16())
-EXPERIMENTS_DIR = Path(medlab.CONF_DIR) / "experiment"
-
-
-def _qlora_experiments() -> list[str]:
-    names = []
-    for f in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-        cfg = medlab.compose(f.stem, run_dir="/tmp/unused")
-        if cfg.adapter.get("quantize"):
-            names.append(f.stem)
-    return names
-
-
-QLORA_EXPERIMENTS = _qlora_experiments()
+QLORA_EXPERIMENTS = [name for name in EXPERIMENTS if compose(name).adapter.get("quantize")]
 # Seconds, not minutes: tiny random-init backbones where the experiment uses MiniLM, few rows, short generations.
 FAST = {
     "causal": ["data.limit=8", "data.batch_size=4", "data.max_length=64"],
@@ -53,27 +42,15 @@ FAST = {
 }
 
 
-def _family(cfg) -> str:
-    target = cfg.objective._target_
-    if target.endswith("GRPOPolicy"):
-        return "grpo"
-    return "causal" if target.endswith("CausalLM") else "retrieval"
-
-
 def _overrides(experiment: str) -> list[str]:
-    cfg = medlab.compose(experiment, run_dir="/tmp/unused")
-    fam = FAST[_family(cfg)]
+    cfg = compose(experiment)
+    fam = FAST[objective_family(cfg)]
     if not cfg.objective.get("tools"):
         fam = [o for o in fam if not o.startswith("objective.tools")]
     return fam + ["logger=none", "trainer.progress_bar=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 @pytest.fixture
@@ -95,7 +72,10 @@ def _build(experiment: str, tmp_path: Path, seed: int = 0):
     data = instantiate(cfg.data)
     data.setup(tokenizer)
     module = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
-    if hasattr(module, "on_fit_start") and _family(cfg) == "grpo":
+    if objective_family(cfg) == "grpo":
+        from medlab.evaluation import load_run
+
+        module.bind_run_loader(load_run)  # agentic search tools load their bi-encoder run (as the runner does)
         module.on_fit_start()
     return module, data, cfg
 
@@ -155,7 +135,7 @@ def test_gradients_after_validation_and_generation_equal_those_before(tmp_path, 
         assert na == nb and torch.equal(pa, pb), na  # deterministic twins
 
     _validate_once(b, data)
-    if _family(cfg) == "grpo":
+    if objective_family(cfg) == "grpo":
         torch.manual_seed(7)
         windows = b.make_experience(_batch(data, data.train_dataset, 2))  # generation + old/ref log-probs
         batch = windows[0][0]

@@ -18,6 +18,7 @@ import shlex
 
 import pytest
 import torch
+from helpers import EXPERIMENTS, compose, objective_family
 
 import medlab
 from medlab.config import collect_problems
@@ -26,7 +27,6 @@ from medlab.config.keys import unknown_keys
 ROOT = medlab.ROOT_DIR
 README = ROOT / "README.md"
 SHARED_DATA = os.environ.get("MEDLAB_SHARED_DATA", str(ROOT.parent / "shared" / "data"))  # as conf/paths
-EXPERIMENTS = sorted(p.stem for p in (medlab.CONF_DIR / "experiment").glob("*.yaml"))
 INTERNAL: set[str] = set()  # experiments deliberately left out of the README (none today)
 
 COMMON = ["trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.limit_val_batches=1",
@@ -66,16 +66,9 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-def _family(cfg) -> str:
-    target = str(cfg.objective._target_)
-    if target.endswith("GRPOPolicy"):
-        return "grpo"
-    return "causal" if target.endswith("CausalLM") else "retrieval"
-
-
 def _overrides(experiment: str) -> list[str]:
-    cfg = medlab.compose(experiment, run_dir="/tmp/unused")
-    family = _family(cfg)
+    cfg = compose(experiment)
+    family = objective_family(cfg)
     extra = list(FAST[family])
     if family == "retrieval" and str(cfg.objective._target_).endswith("BiEncoder"):
         extra.append("data.query_max_length=32")
@@ -84,13 +77,7 @@ def _overrides(experiment: str) -> list[str]:
     return COMMON + extra
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and a busy 2-core CPU stalls on them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 def test_readme_names_every_experiment():

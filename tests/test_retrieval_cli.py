@@ -2,7 +2,8 @@
 
 The evaluate command must reproduce the run's own final validation metrics on the validation file
 (same weights, same corpus, same metric code), score the untrained backbone with ``run_dir=none``,
-and mining must write the top-k non-positive documents in rank order.
+and mining must write the top-k non-positive documents in rank order. Every README example on a trained
+bi-encoder / cross-encoder run runs here end to end (all of them compose in tests/test_eval_commands.py).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import read_jsonl
 
 import medlab
 from medlab.assets import __file__ as assets_init
-from medlab.evaluate import main as evaluate_main
-from medlab.mine import main as mine_main
-from medlab.mine import mine_negatives
+from medlab.commands.evaluate import main as evaluate_main
+from medlab.commands.mine import main as mine_main
+from medlab.commands.mine import mine_negatives
 
 SAMPLE = Path(assets_init).parent / "sample"
 FAST = ["model=tiny_bert", "trainer.max_steps=3", "trainer.val_every_n_steps=3", "trainer.ckpt_every_n_steps=3",
@@ -48,9 +50,10 @@ def test_evaluate_reproduces_the_runs_validation_metrics(bi_run, capsys):
 
 def test_evaluate_zero_shot_uses_the_untrained_backbone(bi_run, tmp_path):
     out = tmp_path / "zs.json"
-    metrics = evaluate_main(["run_dir=none", "+experiment=biencoder", "model=tiny_bert",
+    metrics = evaluate_main(["run_dir=none", "+experiment=biencoder", "model=tiny_bert", f"hydra.run.dir={tmp_path}",
                              f"eval.path={SAMPLE / 'val_retrieval_pairs.jsonl'}", f"eval.out={out}"])
-    assert metrics["weights"] == "untrained backbone" and out.exists()
+    assert metrics["weights"] == "untrained backbone" and out.exists() and (tmp_path / "evaluate.log").exists()
+    assert metrics["checkpoint"] is None and metrics["checkpoint_selected_by"] == "untrained"
     assert metrics["num_queries"] == 42
     assert metrics["ndcg@10"] != pytest.approx(bi_run.metrics["val/ndcg@10"], abs=1e-9)
 
@@ -86,8 +89,7 @@ def test_mine_writes_top_k_non_positives(bi_run, tmp_path):
     out0, out1 = tmp_path / "k2.jsonl", tmp_path / "k1_skip1.jsonl"
     s0 = mine_main([f"run_dir={bi_run.run_dir}", f"mine.path={src}", f"mine.out={out0}", "mine.k=2"])
     mine_main([f"run_dir={bi_run.run_dir}", f"mine.path={src}", f"mine.out={out1}", "mine.k=1", "mine.skip_top=1"])
-    rows0 = [json.loads(line) for line in out0.read_text().splitlines()]
-    rows1 = [json.loads(line) for line in out1.read_text().splitlines()]
+    rows0, rows1 = read_jsonl(out0), read_jsonl(out1)
     assert s0["rows"] == len(rows0) == 42
     for r0, r1 in zip(rows0, rows1):
         assert len(r0["negatives"]) == 2 and r0["answer"] not in r0["negatives"]
@@ -97,3 +99,35 @@ def test_mine_writes_top_k_non_positives(bi_run, tmp_path):
     result = medlab.run(medlab.compose("biencoder", FAST + [f"data.path={out0}", "data.num_negatives=2"],
                                        run_dir=str(tmp_path / "hn_run")))
     assert result.metrics["status"] == "completed"
+
+
+def test_readme_examples_run_end_to_end(bi_run, cross_run, tmp_path, capsys):
+    from test_eval_commands import concrete, readme_commands
+
+    runs = {"biencoder": str(bi_run.run_dir), "reranker": str(cross_run.run_dir)}
+    files = {"test_pairs.jsonl": str(SAMPLE / "val_retrieval_pairs.jsonl"),
+             "pairs.jsonl": str(SAMPLE / "val_retrieval_pairs.jsonl"), "judged.jsonl": str(SAMPLE / "val_rerank.jsonl"),
+             "pairs_hn.jsonl": str(tmp_path / "pairs_hn.jsonl")}
+    ran = set()
+    for command, args in readme_commands():
+        kind = next(a for a in args if a.startswith("run_dir=")).split("/")
+        if len(kind) < 3 or kind[2] not in runs:
+            continue  # run_dir=none (MiniLM: the zero-shot test above uses tiny_bert) / a QA run (test_eval_commands)
+        argv = concrete(args, runs, files)
+        main = evaluate_main if command == "evaluate" else mine_main
+        capsys.readouterr()
+        out = main(argv)
+        if "--cfg" in argv:
+            assert out is None and "eval:" in capsys.readouterr().out
+            ran.add("cfg")
+            continue
+        assert out["checkpoint_selected_by"] == "best" and out["checkpoint"].endswith("step-00000003"), out
+        if command == "mine":
+            rows = [json.loads(line) for line in Path(files["pairs_hn.jsonl"]).read_text().splitlines()]
+            assert out["rows"] == len(rows) == 42 and all(len(r["negatives"]) == 5 for r in rows)
+        elif kind[2] == "reranker":
+            assert out["task"] == "rerank" and out["num_queries"] == 42 and out["data/train/examples"] > 42
+        else:
+            assert out["task"] == "retrieval" and out["ndcg@10"] == pytest.approx(bi_run.metrics["val/ndcg@10"])
+        ran.add((command, kind[2]))
+    assert ran == {"cfg", ("evaluate", "biencoder"), ("evaluate", "reranker"), ("mine", "biencoder")}

@@ -7,39 +7,23 @@ packaged MiniLM's BERT tokenizer ([CLS] q [SEP] d [SEP]).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import write_jsonl
 
-from medlab import ROOT_DIR
 from medlab.data.errors import DataError
 from medlab.retrieval import rows as R
 from medlab.retrieval.data import RetrievalData
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _data(tmp_path, rows, name="data.jsonl", **kw) -> RetrievalData:
-    return RetrievalData(_write(tmp_path / name, rows), **kw)
+    return RetrievalData(write_jsonl(tmp_path / name, rows), **kw)
 
 
 def _setup(tmp_path, rows, **kw) -> tuple[RetrievalData, dict]:
     data = _data(tmp_path, rows, **kw)
     counts = data.setup(None)  # examples are built without a tokenizer; collate uses it
     return data, counts
-
-
-@pytest.fixture(scope="module")
-def project_tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ROOT_DIR / "medlab" / "assets" / "tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +108,7 @@ def test_num_negatives(tmp_path, k, expected, dropped):
 
 def test_validation_keeps_queries_with_too_few_negatives(tmp_path):
     """Validation ranks the whole corpus: a val query short of hard negatives is kept (without negatives)."""
-    val = _write(tmp_path / "val.jsonl", NEG_ROWS)
+    val = write_jsonl(tmp_path / "val.jsonl", NEG_ROWS)
     data, counts = _setup(tmp_path, NEG_ROWS[:2], num_negatives=2, val_path=val)
     assert [e["negatives"] for e in data.train_dataset] == [["n0a", "n0b"], ["n1a", "n1b"]]
     assert [(e["query"], e["negatives"]) for e in data.val_dataset] == [("q0", []), ("q1", []), ("q2", [])]
@@ -210,7 +194,7 @@ def test_val_split_holds_out_whole_query_groups(tmp_path):
 
 def _bad_files(tmp_path):
     (tmp_path / "img.png").write_bytes(b"\x89PNG")  # exists: its row is fine
-    pairs = _write(tmp_path / "pairs.jsonl", [
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [
         {"question": "fine", "answer": "ok"},
         {"question": "", "answer": "empty query"},                        # row 2
         {"question": "no positive", "answer": "   "},                     # row 3
@@ -218,7 +202,7 @@ def _bad_files(tmp_path):
         {"question": "image ok", "answer": "y", "image": "img.png"},
         {"question": "missing positive"},                                 # row 6
     ])
-    triples = _write(tmp_path / "triples.jsonl", [
+    triples = write_jsonl(tmp_path / "triples.jsonl", [
         {"query": "q", "doc": "fine", "score": 2, "label": 1},
         {"query": "q", "doc": "d", "score": 2, "label": 1.5},            # row 2: label outside [0, 1]
         {"query": "q", "doc": "d", "score": 7, "label": 1},              # row 3: score outside score_range
@@ -254,14 +238,14 @@ def test_on_bad_row_skip_counts_the_dropped_rows(tmp_path):
     counts = data.setup(None)
     assert [e["query"] for e in data.train_dataset] == ["fine", "image ok"]
     assert data.train_dataset[1]["image"] == str(tmp_path / "img.png")  # resolved against the file's dir
-    assert {k: v for k, v in counts.items() if "dropped" in k} == {
-        "train/dropped_empty_query": 1, "train/dropped_no_positive": 2, "train/dropped_missing_image": 1}
+    assert {k: v for k, v in counts.items() if "bad_row" in k} == {
+        "train/bad_row/empty_query": 1, "train/bad_row/no_positive": 2, "train/bad_row/missing_image": 1}
 
     data = RetrievalData(triples, task="cross_encoder", score_range=[1, 4], on_bad_row="skip")
     counts = data.setup(None)
     assert [e["doc"] for e in data.train_dataset] == ["fine", "d"]
-    assert {k: v for k, v in counts.items() if "dropped" in k} == {
-        "train/dropped_bad_label": 1, "train/dropped_bad_score": 2, "train/dropped_empty_doc": 1}
+    assert {k: v for k, v in counts.items() if "bad_row" in k} == {
+        "train/bad_row/bad_label": 1, "train/bad_row/bad_score": 2, "train/bad_row/empty_doc": 1}
 
 
 def test_nothing_left_and_bad_options_raise(tmp_path):
@@ -281,12 +265,12 @@ def _real_len(enc):
     return enc["attention_mask"].sum(1).tolist()
 
 
-def test_bi_encoder_collate(tmp_path, project_tok):
+def test_bi_encoder_collate(tmp_path, tokenizer):
     rows = [dict(r) for r in NEG_ROWS]
     rows[0]["query"] = "a very long question " * 40
     data = _data(tmp_path, rows, num_negatives=1, query_prefix="query: ", doc_prefix="passage: ",
                  query_max_length=12, max_length=20, append_eos=True)
-    data.setup(project_tok)
+    data.setup(tokenizer)
     batch = data.collate(data.train_dataset)
     q, d = batch["query"], batch["docs"]
     assert q["input_ids"].shape[0] == 3 and d["input_ids"].shape[0] == 6  # 3 positives, then 3 negatives
@@ -296,14 +280,14 @@ def test_bi_encoder_collate(tmp_path, project_tok):
     assert torch.equal(batch["doc_ids"][:3], batch["positive_ids"])
     assert torch.equal(batch["doc_ids"][3:], torch.tensor([R.doc_key(t) for t in ("n0a", "n1a", "n2a")]))
     assert batch["num_tokens"] == int(q["attention_mask"].sum() + d["attention_mask"].sum())
-    eos = project_tok.eos_token_id
+    eos = tokenizer.eos_token_id
     for enc in (q, d):  # EOS closes every text (also a truncated one), then right padding
         for ids, n in zip(enc["input_ids"].tolist(), _real_len(enc)):
             assert ids[n - 1] == eos and ids[:n].count(eos) == 1
-            assert all(t == project_tok.pad_token_id for t in ids[n:])
-    texts = project_tok.batch_decode([ids[:n - 1] for ids, n in zip(d["input_ids"].tolist(), _real_len(d))])
+            assert all(t == tokenizer.pad_token_id for t in ids[n:])
+    texts = tokenizer.batch_decode([ids[:n - 1] for ids, n in zip(d["input_ids"].tolist(), _real_len(d))])
     assert texts == ["passage: p0", "passage: p1", "passage: p2", "passage: n0a", "passage: n1a", "passage: n2a"]
-    assert project_tok.decode(q["input_ids"][1, : _real_len(q)[1] - 1]) == "query: q1"
+    assert tokenizer.decode(q["input_ids"][1, : _real_len(q)[1] - 1]) == "query: q1"
 
     data.append_eos = False
     plain = data.collate(data.train_dataset)
@@ -336,22 +320,22 @@ def test_cross_encoder_collate_with_a_bert_tokenizer(tmp_path, bert_tok):
     assert grouped["labels"].tolist() == [1.0, 0.0]
 
 
-def test_cross_encoder_collate_with_the_decoder_tokenizer(tmp_path, project_tok):
-    assert project_tok.sep_token is None  # no pair encoding: the text template is used
+def test_cross_encoder_collate_with_the_decoder_tokenizer(tmp_path, tokenizer):
+    assert tokenizer.sep_token is None  # no pair encoding: the text template is used
     rows = [{"query": "fever", "doc": "infection", "label": 1}, {"query": "fever", "doc": "word " * 300, "label": 0}]
     data = _data(tmp_path, rows, task="cross_encoder", query_prefix="Q: ", max_length=32)
-    data.setup(project_tok)
+    data.setup(tokenizer)
     pairs = data.collate(data.train_dataset)["pairs"]
     assert set(pairs) == {"input_ids", "attention_mask"} and pairs["input_ids"].shape == (2, 32)
     n = _real_len(pairs)
     assert n[1] == 32
-    eos = project_tok.eos_token_id
+    eos = tokenizer.eos_token_id
     assert [pairs["input_ids"][i, n[i] - 1].item() for i in range(2)] == [eos, eos]  # EOS even after truncation
-    assert project_tok.decode(pairs["input_ids"][0, : n[0] - 1]) == "Query: Q: fever\nDocument: infection"
+    assert tokenizer.decode(pairs["input_ids"][0, : n[0] - 1]) == "Query: Q: fever\nDocument: infection"
 
     data.pair_template = "{query} || {doc}"
     pairs = data.collate(data.train_dataset)["pairs"]
-    assert project_tok.decode(pairs["input_ids"][0, : _real_len(pairs)[0] - 1]) == "Q: fever || infection"
+    assert tokenizer.decode(pairs["input_ids"][0, : _real_len(pairs)[0] - 1]) == "Q: fever || infection"
 
 
 def test_a_nan_score_is_a_bad_row():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cpu_fabric
+from helpers import cpu_fabric, write_jsonl
 from test_distributed import Tree
 
 from medlab import ROOT_DIR
@@ -28,19 +28,10 @@ from medlab.engine.loop import Loop, LoopConfig
 from medlab.objectives.bi_encoder import BiEncoder
 from medlab.retrieval.data import RetrievalData
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_thread")]  # conftest.py: one torch thread
 
 STEPS, PER_RANK, WORLD = 2, 4, 2
 MODES = {"plain": {}, "gradcache": {"gradcache_chunk_size": 3}, "local_negatives": {"cross_rank_negatives": False}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than two on a shared 2-core machine (see test_gradcache)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SCRIPT = r'''
 """python script.py DATA MODEL_DIR OUT: Fabric re-executes it for rank 1."""
@@ -106,9 +97,7 @@ def _data_file(tmp_path: Path) -> Path:
     rows = [{"question": f"question {i}: what about condition {chr(97 + i)}?",
              "answer": f"answer {i}: condition {chr(97 + i)} is treated with rest",
              "negatives": [f"unrelated text number {i} about {chr(122 - i)}"]} for i in range(n)]
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(tmp_path / "pairs.jsonl", rows)
 
 
 def _model_dir(tmp_path: Path) -> Path:

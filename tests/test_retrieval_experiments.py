@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from helpers import run_experiment
 
 import medlab
 
@@ -29,18 +30,11 @@ RETRIEVAL_KEYS = {"val/loss", "val/recall@1", "val/recall@10", "val/mrr@10", "va
 RERANK_KEYS = {"val/loss", "val/mrr@10", "val/ndcg@10", "val/accuracy@1", "val/num_queries"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than two on a shared 2-core machine (see test_gradcache)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 def _run(tmp_path, experiment, overrides):
-    cfg = medlab.compose(experiment, FAST + list(overrides), run_dir=str(tmp_path / "run"))
-    return medlab.run(cfg)
+    return run_experiment(experiment, FAST + list(overrides), tmp_path / "run")
 
 
 def _snapshot_fit(monkeypatch):

@@ -8,15 +8,13 @@ with the project's tokenizer.
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cpu_fabric
+from helpers import cpu_fabric, read_jsonl, write_jsonl
 
-from medlab import ROOT_DIR
 from medlab.engine.loop import Loop, LoopConfig
 from medlab.objectives.bi_encoder import BiEncoder
 from medlab.objectives.cross_encoder import CrossEncoder
@@ -26,20 +24,7 @@ from medlab.retrieval.pooling import embed, pool
 TEMPERATURE = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: several times faster than two on a shared 2-core machine (see test_gradcache)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(ROOT_DIR / "medlab" / "assets" / "tokenizer")
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 def tiny_bert(vocab: int, seed: int = 0, cls_head: bool = False):
@@ -70,9 +55,7 @@ def _pairs_file(tmp_path, n=6, negatives=True, duplicate=None):
     if duplicate is not None:  # row duplicate[1] gets row duplicate[0]'s answer: the same document twice
         a, b = duplicate
         rows[b]["answer"] = rows[a]["answer"]
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(tmp_path / "pairs.jsonl", rows)
 
 
 def _bi_data(tmp_path, tok, **kw):
@@ -199,9 +182,9 @@ def test_duplicate_positive_is_not_penalized(tmp_path, tok):
 
 def test_a_hard_negative_equal_to_the_positive_is_masked(tmp_path, tok):
     path = _pairs_file(tmp_path)
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = read_jsonl(path)
     rows[2]["negatives"] = [rows[2]["answer"]]  # mining returned the row's own answer
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     data = RetrievalData(path, num_negatives=1, max_length=24)
     data.setup(tok)
     batch = data.collate(data.train_dataset)
@@ -292,9 +275,7 @@ RERANK = [{"qid": f"g{i // 3}", "query": QUESTIONS[i // 3], "doc": ANSWERS[i % l
 
 
 def _ce_data(tmp_path, tok, **kw):
-    path = tmp_path / "rerank.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RERANK))
-    data = RetrievalData(path, task="cross_encoder", max_length=32, **kw)
+    data = RetrievalData(write_jsonl(tmp_path / "rerank.jsonl", RERANK), task="cross_encoder", max_length=32, **kw)
     data.setup(tok)
     return data
 

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import tiny_llama
 
-import medlab
 from medlab.rl.decode import KVCacheEngine, filter_scores
 from medlab.rl.generation import GenerationEngine, HFGenerateEngine
 
-TOKENIZER = str(Path(medlab.__file__).parent / "assets" / "tokenizer")
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23]]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TOKENIZER)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import tiny_llama
 
-import medlab
 from medlab.rl.generation import (
     GenerationEngine,
     HFGenerateEngine,
@@ -18,24 +15,10 @@ from medlab.rl.generation import (
     sequence_logprobs,
 )
 
-TOKENIZER = str(Path(medlab.__file__).parent / "assets" / "tokenizer")
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads stall on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TOKENIZER)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 def _model(tok, attn: str = "sdpa"):

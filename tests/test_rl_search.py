@@ -16,7 +16,9 @@ UNTRAINED = ["+experiment=biencoder", "model=tiny_bert"]
 
 @pytest.fixture(scope="module")
 def index():
-    return SearchIndex.from_run(None, PASSAGES, overrides=UNTRAINED)
+    from medlab.evaluation import load_run  # injected: medlab.rl does not import the evaluation layer
+
+    return SearchIndex.from_run(None, PASSAGES, load_run=load_run, overrides=UNTRAINED)
 
 
 def test_exact_passage_text_is_the_top_hit(index):
@@ -40,7 +42,17 @@ def test_reranker_reorders_candidates(tmp_path):
     run = medlab.run(medlab.compose("reranker", ["model=tiny_bert", "trainer.max_steps=1", "trainer.progress_bar=false",
                                                  "logger=none", "trainer.val_every_n_steps=null", "data.limit=16"],
                                     run_dir=str(tmp_path / "rr")))
-    idx = SearchIndex.from_run(None, PASSAGES, overrides=UNTRAINED, reranker_run=str(run.run_dir), rerank_depth=4)
+    calls = []
+
+    def loader(run_dir, overrides):  # any (run_dir, overrides) -> (cfg, module, ...) callable
+        from medlab.evaluation import load_run
+
+        calls.append(run_dir)
+        return load_run(run_dir, overrides, checkpoint="latest")
+
+    idx = SearchIndex.from_run(None, PASSAGES, load_run=loader, overrides=UNTRAINED, reranker_run=str(run.run_dir),
+                               rerank_depth=4)
+    assert calls == [None, str(run.run_dir)]
     hits = idx.search(["chest pain"], k=4)[0]
     scores = [s for _, s in hits]
     assert scores == sorted(scores, reverse=True) and len(hits) == 4

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-import medlab
 from medlab.rl.generation import Rollout
 from medlab.rl.tools import (
     Tool,
@@ -17,27 +14,13 @@ from medlab.rl.tools import (
     run_tool_loop,
 )
 
-TOKENIZER = str(Path(medlab.__file__).parent / "assets" / "tokenizer")
 CHAT = [{"role": "system", "content": "You answer medical questions."},
         {"role": "user", "content": "What is aspirin used for?"}]
 CALL = '<tool_call>\n{"name": "search_text", "arguments": {"query": "aspirin"}}\n</tool_call>'
 OBS = "\n<|im_start|>user\n<tool_response>\n{result}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning threads stall on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TOKENIZER)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 class ScriptedPolicy:

@@ -6,16 +6,14 @@ import json
 
 import pytest
 import torch
-
-import medlab
+from helpers import run_experiment
 
 FAST = ["trainer.max_steps=12", "trainer.val_every_n_steps=6", "trainer.ckpt_every_n_steps=6",
         "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "data.limit=64"]
 
 
 def _run(tmp_path, experiment=None, overrides=()):
-    cfg = medlab.compose(experiment, FAST + list(overrides), run_dir=str(tmp_path / "run"))
-    return medlab.run(cfg)
+    return run_experiment(experiment, FAST + list(overrides), tmp_path / "run")
 
 
 def _losses(result):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import read_jsonl
 from PIL import Image
 
 from medlab.models.vlm import (
@@ -26,13 +27,7 @@ def _png(path, size, seed, mode="RGB"):
     return str(path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread is faster than several, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +242,7 @@ def test_real_medpix_image_caption_pairs_embed(shared_data, vlm):
     pairs_file = root / "image_caption_pairs.jsonl"
     if not pairs_file.exists():
         pytest.skip(f"{pairs_file} is absent")
-    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()[:4]]
+    rows = read_jsonl(pairs_file, limit=4)
     model, proc = vlm
     imgs = embed_items(model, proc, [{"image": root / r["image"]} for r in rows])
     caps = embed_items(model, proc, [{"text": r["caption"]} for r in rows])

@@ -9,9 +9,9 @@ groups that nothing reads, with the closest valid key::
 Which keys are valid:
 
 - groups built by ``hydra.utils.instantiate`` (``model``, ``adapter``, ``data``, ``objective``): the parameters
-  of the ``_target_`` callable's signature. A target that also takes ``**kwargs`` (the objectives pass them to
-  ``OptimSettings``) accepts, besides, the keys that the group's config files with the same ``_target_``
-  define; a target of the user's own with ``**kwargs`` and no config file here accepts anything.
+  of the ``_target_`` callable's signature. An objective's ``**kwargs`` go to ``OptimSettings``: its fields are
+  valid too. A target that takes ``**kwargs`` also accepts the keys that the group's config files with the same
+  ``_target_`` define; a target of the user's own with ``**kwargs`` and no config file here accepts anything.
 - ``trainer`` and ``strategy`` (plain settings read by ``runner.py``): the keys their config files define
   (``conf/trainer/*.yaml``, ``conf/strategy/*.yaml``) plus ``CODE_KEYS``, keys the code reads with
   ``.get()`` that no file defines (``tests/test_config_keys.py`` checks that list against the code).
@@ -111,6 +111,12 @@ def _target_keys(conf_dir: Path, group: str, node: DictConfig) -> frozenset[str]
     names = names - RUNTIME_ARGS.get(group, frozenset())
     if not var_keyword:
         return names
+    if group == "objective":  # objectives pass **optim to OptimSettings (the optimizer/schedule settings)
+        import dataclasses
+
+        from medlab.objectives.common import OptimSettings
+
+        names = names | {f.name for f in dataclasses.fields(OptimSettings)}
     siblings = _same_target_file_keys(conf_dir, group, target)
     return names | siblings if siblings else None
 

@@ -200,105 +200,54 @@ def _check_validation_split(cfg: DictConfig, data: Any) -> list[str]:
 
 
 def _check_objective(cfg: DictConfig) -> list[str]:
+    """The objective's contract (``medlab.contracts.Objective``), the optimizer settings every objective shares,
+    the data kind it trains on, and the objective's own ``config_problems(cfg)``."""
+    from hydra.utils import get_class
+
+    from medlab.contracts import objective_problems
+
     o, out = cfg.objective, []
     target = _get(o, "_target_")
-    if target and not _importable(target):
-        out.append(f"objective._target_={target!r} cannot be imported")
+    if not target or not _importable(str(target)):
+        return [f"objective._target_={target!r} cannot be imported"]
+    cls = get_class(str(target))
+    contract = objective_problems(cls)
+    if contract:
+        return contract
     lr = _get(o, "lr")
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
         out.append(f"objective.lr must be a positive number, got {lr!r}")
     sched = _get(o, "scheduler")
     if sched is not None and sched not in ("cosine", "linear", "constant"):
         out.append(f"objective.scheduler={sched!r} is not one of cosine, linear, constant")
-    mode = _get(o, "mode")
-    if mode is not None and mode not in ("sft", "cpt"):
-        out.append(f"objective.mode={mode!r} is not one of sft, cpt")
-    impl = _get(o, "loss_impl")
-    if impl is not None and impl not in ("chunked", "full", "liger"):
-        out.append(f"objective.loss_impl={impl!r} is not one of chunked, full, liger")
-    chunk = _get(o, "loss_chunk_size")
-    if chunk is not None and not (isinstance(chunk, int) and chunk >= 1):
-        out.append(f"objective.loss_chunk_size must be null or an integer >= 1, got {chunk!r}")
-    return out
+    out += _check_data_kind(cfg, cls)
+    return out + list(cls.config_problems(cfg))
 
 
-def _check_retrieval(cfg: DictConfig) -> list[str]:
-    """Objective <-> data <-> strategy combinations for the bi-encoder and cross-encoder."""
-    import logging
+def _check_data_kind(cfg: DictConfig, objective_cls: type) -> list[str]:
+    """The data source's declared ``kind`` (and, for retrieval data, its ``task``) against what the objective trains on."""
+    from hydra.utils import get_class
 
-    target, data_target = str(_get(cfg, "objective._target_", "")), str(_get(cfg, "data._target_", ""))
-    retrieval_objective = target.endswith(("BiEncoder", "CrossEncoder"))
-    retrieval_data = data_target.endswith("RetrievalData")
-    out = []
-    if retrieval_objective and data_target and not retrieval_data:
-        out.append(f"objective {target.rsplit('.', 1)[-1]} needs retrieval data (data=sample_pairs, sample_rerank, "
-                   f"retrieval, ...), got data._target_={data_target}")
-    if retrieval_data and not retrieval_objective:
-        out.append(f"data._target_={data_target} is retrieval data; use objective=bi_encoder or objective=cross_encoder")
-    if not retrieval_objective:
-        return out
-    task = _get(cfg, "objective.task")
-    if retrieval_data and _get(cfg, "data.task") != task:
-        out.append(f"data.task={_get(cfg, 'data.task')!r} does not match objective.task={task!r}")
-    if target.endswith("BiEncoder"):
-        pooling = _get(cfg, "objective.pooling")
-        if pooling not in ("mean", "cls", "last_token"):
-            out.append(f"objective.pooling={pooling!r} is not one of mean, cls, last_token")
-        temperature = _get(cfg, "objective.temperature")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            out.append(f"objective.temperature must be > 0, got {temperature!r}")
-        chunk = _get(cfg, "objective.gradcache_chunk_size")
-        if chunk is not None:
-            if not (isinstance(chunk, int) and chunk >= 1):
-                out.append(f"objective.gradcache_chunk_size must be null or an integer >= 1, got {chunk!r}")
-            if str(_get(cfg, "strategy.name")) in GPU_ONLY:
-                out.append("objective.gradcache_chunk_size (GradCache) runs its own backward passes: use strategy "
-                           "single or ddp, not FSDP/DeepSpeed")
-            if _get(cfg, "model.source") == "tiny_vlm" or "vl" in str(_get(cfg, "model.name", "")).lower():
-                out.append("GradCache slices inputs by rows, which image patches are not: turn it off for VLM backbones")
-        if (_get(cfg, "trainer.accumulate_grad_batches") or 1) > 1:
-            logging.getLogger("medlab").warning(
-                "bi-encoder with trainer.accumulate_grad_batches > 1: each micro-batch only sees its own in-batch "
-                "negatives; for a larger contrastive batch use objective.gradcache_chunk_size instead")
-    else:
-        loss = _get(cfg, "objective.loss")
-        if loss not in ("bce", "listwise"):
-            out.append(f"objective.loss={loss!r} is not one of bce, listwise")
-        if loss == "listwise" and not _get(cfg, "data.group_size"):
-            out.append("objective.loss=listwise needs groups of 1 positive + k negatives: set data.group_size=K")
-    return out
+    data_target = _get(cfg, "data._target_")
+    if not data_target or not _importable(str(data_target)):
+        return []  # the data check reports it
+    kind = getattr(get_class(str(data_target)), "kind", None)
+    name = objective_cls.__name__
+    if kind not in objective_cls.data_kinds:
+        return [f"objective {name} trains on {' or '.join(objective_cls.data_kinds)} data, but "
+                f"data._target_={data_target} is {kind or 'not a medlab data source'} data: choose a matching "
+                f"data= config (or another objective)"]
+    wanted, task = getattr(objective_cls, "data_task", None), _get(cfg, "data.task")
+    if wanted and task is not None and task != wanted:
+        return [f"data.task={task!r} does not match objective {name} (it needs data.task={wanted})"]
+    return []
 
 
-def _check_rl(cfg: DictConfig) -> list[str]:
-    """GRPO: prompt data, rewards that load, a group of at least two completions."""
-    if not str(_get(cfg, "objective._target_") or "").endswith("GRPOPolicy"):
-        return []
-    out = []
-    data_target = str(_get(cfg, "data._target_") or "")
-    if not data_target.endswith("PromptData"):
-        out.append(f"objective=grpo needs prompt data (data=sample_qa, medqa_usmle, pubmedqa, cmmlu_medical or a "
-                   f"config with _target_: medlab.rl.data.PromptData), got data._target_={data_target!r}")
-    rewards = _get(cfg, "objective.rewards")
-    if not rewards:
-        out.append("objective.rewards is empty: configure at least one reward, e.g. "
-                   "+objective.rewards.accuracy={_target_: exact_match, weight: 1.0}")
-    else:
-        from medlab.rl.rewards import RewardSet
+def _check_export(cfg: DictConfig) -> list[str]:
+    """Each selected export format's own checks (``medlab.contracts.Exporter.problems``)."""
+    from medlab.export import selected_exporters
 
-        try:
-            RewardSet.from_config(OmegaConf.to_container(rewards, resolve=True))
-        except Exception as e:  # unknown name, bad dotted path, not callable
-            out.append(f"objective.rewards: {_short(e)}")
-    g = _get(cfg, "objective.num_generations")
-    if not (isinstance(g, int) and g >= 2):
-        out.append(f"objective.num_generations must be an integer >= 2 (a group), got {g!r}")
-    mu = _get(cfg, "objective.num_iterations")
-    if not (isinstance(mu, int) and mu >= 1):
-        out.append(f"objective.num_iterations must be an integer >= 1, got {mu!r}")
-    if str(_get(cfg, "strategy.name")) in ("fsdp", "deepspeed_stage_3"):
-        out.append("objective=grpo generates with the training model, whose weights FSDP / DeepSpeed ZeRO-3 shard: "
-                   "use strategy=ddp or strategy=single")
-    return out
+    return [p for exporter in selected_exporters(cfg) for p in exporter.problems(cfg)]
 
 
 def _check_loggers(cfg: DictConfig) -> list[str]:
@@ -335,7 +284,7 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     problems = _check_missing(cfg)
     checks: list[Callable[[], list[str]]] = [
         lambda: _check_trainer(cfg), lambda: _check_strategy(cfg), lambda: _check_objective(cfg),
-        lambda: _check_retrieval(cfg), lambda: _check_rl(cfg),
+        lambda: _check_export(cfg),
         lambda: _check_loggers(cfg), lambda: _check_secrets(cfg),
         lambda: importlib.import_module("medlab.config.keys").unknown_keys(cfg),  # typo'd `+key=...` settings
     ]

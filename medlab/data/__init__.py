@@ -1,5 +1,13 @@
-"""Data for causal-LM training: read files, normalize formats, render chat templates, tokenize with
-assistant-only labels, pack and collate. Configs instantiate `CausalLMData` (see conf/data/)."""
+"""Data sources (`medlab.contracts.DataSource`) and the skeleton they share.
+
+- `source`: read files (`readers`), collect bad rows (`errors`), hold out validation (`split`), check splits,
+  count; `cache`: the tokenized-data cache; `fields`: ``data.fields`` mapping (null = not mapped).
+- `registry`: one registry of data formats (name, kinds, columns, detect, normalize); the chat formats are in
+  `formats` (rows: `chat_rows`), the prompt format in `prompt_rows`, retrieval formats in `medlab.retrieval.rows`.
+- `CausalLMData` (`module`, kind ``chat``): chat templates (`templates`), assistant-only labels (`tokenize`),
+  CPT packing (`packing`), padded / padding-free batches (`collate`). Retrieval and prompt data are
+  `medlab.retrieval.data.RetrievalData` and `medlab.rl.data.PromptData`.
+"""
 
 from medlab.data.errors import DataError
 from medlab.data.module import CausalLMData

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +83,22 @@ def save_entry(entry: Path, train: datasets.Dataset, val: datasets.Dataset | Non
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_or_build(
+    entry: Path | None, build: Callable[[], tuple[datasets.Dataset, datasets.Dataset | None, dict]]
+) -> tuple[datasets.Dataset, datasets.Dataset | None, dict, bool]:
+    """``(train, val, counts, from_cache)``: the complete entry if there is one, else ``build()`` (saved to
+    `entry`; None = no cache)."""
+    cached = load_entry(entry) if entry is not None else None
+    if cached is not None:
+        return (*cached, True)
+    train, val, counts = build()
+    if entry is not None:
+        save_entry(entry, train, val, counts)
+    return train, val, counts, False
+
+
+def entry_path(cache_dir: str | Path, parts: dict) -> Path:
+    """``cache_dir/tokenized/<key>`` for the parts that change the tokens (see `cache_key`)."""
+    return Path(cache_dir) / "tokenized" / cache_key(parts)

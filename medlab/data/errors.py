@@ -67,6 +67,58 @@ class BadRow(NamedTuple):
         return f"{self.where}: field {self.field!r}{column}: {self.message}"
 
 
+class RowProblem(Exception):
+    """Raised by a format's normalizer for a bad row: the (canonical) `field`, a short `reason` key (counted as
+    ``bad_row/<reason>`` when skipped) and what is wrong (`message`)."""
+
+    def __init__(self, field: str | None, reason: str, message: str):
+        super().__init__(message)
+        self.field, self.reason, self.message = field, reason, message
+
+
+class RowProblems(Exception):
+    """Several problems of one row at once (each one is a bad row, counted by its reason)."""
+
+    def __init__(self, problems: Sequence[RowProblem]):
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = list(problems)
+
+
+BAD_ROW = "bad_row"  # the counter of skipped bad rows: ``<split>/bad_row/<reason>`` (every data source)
+
+
+def bad_row_counts(bad: Sequence[BadRow]) -> dict[str, int]:
+    """``{"bad_row/<reason>": n}``: how skipped bad rows are counted (logged, and ``data/<split>/...`` in
+    metrics.json), in the order the reasons first occur."""
+    return dict(Counter(f"{BAD_ROW}/{b.reason}" for b in bad))
+
+
+class BadRows:
+    """Collects bad rows (where, field, why) so all of them are reported at once, or counted when skipped."""
+
+    def __init__(self, bad: Sequence[BadRow] = ()) -> None:
+        self.bad: list[BadRow] = list(bad)
+
+    def add(self, where: str, field: str | None, why: str, reason: str, column: str | None = None) -> None:
+        """One bad row at ``where`` (``"FILE line N"`` / ``"FILE row N"``, see `located`)."""
+        self.bad.append(BadRow(where, field, why, reason, column))
+
+    def extend(self, bad: Sequence[BadRow]) -> None:
+        self.bad.extend(bad)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Bad rows by reason."""
+        return dict(Counter(b.reason for b in self.bad))
+
+    @property
+    def items(self) -> list[str]:
+        return [str(b) for b in self.bad]
+
+    def __len__(self) -> int:
+        return len(self.bad)
+
+
 def _summary(bad: Sequence[BadRow]) -> str:
     by_reason = Counter(b.reason for b in bad)
     return (

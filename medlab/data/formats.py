@@ -1,6 +1,8 @@
-"""Detect a data file's format and normalize every row to medlab's internal schema.
+"""The chat formats (kind ``chat``: SFT and CPT data), registered in `medlab.data.registry`, and how a file of
+them is normalized to medlab's internal schema.
 
-Formats (named for the datasets that made them common):
+Formats (named for the datasets that made them common), in detection order toolcall, openai, sharegpt, alpaca,
+text (chat columns win over alpaca columns, which win over `text`; `tools` beside a chat column means toolcall):
 - `alpaca`:   `instruction`, `output`, optional `input`, `system`, `history` ([[user, assistant], ...]).
 - `sharegpt`: `conversations: [{from: human|gpt|system, value}]`, optional `system`.
 - `openai`:   `messages: [{role: system|user|assistant|tool, content, tool_calls?}]`.
@@ -11,44 +13,61 @@ Formats (named for the datasets that made them common):
 Internal schema (docs/INTERFACES.md): chat rows are
 `{"messages": [{"role", "content", "tool_calls": [{"name", "arguments"}]}], "tools": str | None, "row": int,
 "source": str}`, text rows `{"text", "row", "source"}` (`row`: 0-based index of the record in its file;
-`source`: "FILE line N" / "FILE row N", 1-based, for messages). Tool-call `arguments` and `tools` are kept as
-JSON text so arrow stores every row with one schema; templates parse them back when rendering.
+`source`: "FILE line N" / "FILE row N", 1-based, for messages). The row functions are in `medlab.data.chat_rows`.
 
 Bad rows are never silently trained on: each yields one `BadRow` and the `on_bad_row` policy either raises
-one `DataError` listing them or drops them and returns the counts by reason.
+one `DataError` listing them or drops them and returns the counts by reason (``bad_row/<reason>``).
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
 
-from medlab.data.errors import MAX_LISTED, BadRow, DataError, describe_bad_rows, json_error, record_location
+from medlab.data import fields as F
+from medlab.data import registry
+from medlab.data.chat_rows import (  # noqa: F401  (re-exported: the public row functions of chat data)
+    ROLE_ALIASES,
+    add_default_system,
+    alpaca_row,
+    arguments_json,
+    check_conversation,
+    conversation_row,
+    parse_tool_calls,
+    text_row,
+)
+from medlab.data.errors import (  # noqa: F401  (RowProblem, bad_row_counts: re-exported)
+    MAX_LISTED,
+    BadRow,
+    DataError,
+    RowProblem,
+    RowProblems,
+    bad_row_counts,
+    describe_bad_rows,
+    record_location,
+)
+from medlab.data.registry import Format, register
 
-FORMATS = ("alpaca", "sharegpt", "openai", "toolcall", "text")
-CHAT_FORMATS = ("alpaca", "sharegpt", "openai", "toolcall")
+CHAT = ("chat",)
+_CHAT_COLUMNS = {"conversations", "messages"}
+_REGISTERED = [
+    register(Format("alpaca", CHAT, (("instruction",), ("output",)),
+                    lambda c, first=None: {"instruction", "output"} <= c, alpaca_row, row="messages", order=40)),
+    register(Format("sharegpt", CHAT, (("conversations", "messages"),),
+                    lambda c, first=None: "conversations" in c, conversation_row, row="messages", order=30)),
+    register(Format("openai", CHAT, (("messages", "conversations"),),
+                    lambda c, first=None: "messages" in c, conversation_row, row="messages", order=20)),
+    register(Format("toolcall", CHAT, (("conversations", "messages"), ("tools",)),
+                    lambda c, first=None: bool(c & _CHAT_COLUMNS) and "tools" in c, conversation_row,
+                    row="messages", order=10)),
+    register(Format("text", CHAT, (("text",),), lambda c, first=None: "text" in c, text_row, row="text", order=90)),
+]
+FORMATS = tuple(f.name for f in _REGISTERED)  # the built-in chat formats; `registry.names("chat")` adds new ones
+CHAT_FORMATS = tuple(f.name for f in _REGISTERED if f.row == "messages")
 CANONICAL_FIELDS = ("instruction", "input", "output", "system", "history", "conversations", "messages", "tools", "text")
 MAX_LISTED_PROBLEMS = MAX_LISTED
-
-ROLE_ALIASES = {
-    "system": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "gpt": "assistant",
-    "model": "assistant",
-    "bot": "assistant",
-    "chatgpt": "assistant",
-    "function_call": "function_call",
-    "tool": "tool",
-    "observation": "tool",
-    "function": "tool",
-    "ipython": "tool",
-}
 
 TOOL_CALL = {"name": datasets.Value("string"), "arguments": datasets.Value("string")}
 MESSAGE = {
@@ -56,18 +75,10 @@ MESSAGE = {
     "content": datasets.Value("string"),
     "tool_calls": datasets.List(TOOL_CALL),
 }
-PROBLEM_COLUMNS = {name: datasets.Value("string") for name in ("_field", "_reason", "_message")}
+PROBLEMS = {"_problems": datasets.List({name: datasets.Value("string") for name in ("field", "reason", "message")})}
 LOCATION = {"row": datasets.Value("int64"), "source": datasets.Value("string")}
 CHAT_FEATURES = datasets.Features({"messages": datasets.List(MESSAGE), "tools": datasets.Value("string"), **LOCATION})
 TEXT_FEATURES = datasets.Features({"text": datasets.Value("string"), **LOCATION})
-
-
-class RowProblem(Exception):
-    """Raised inside row normalization; turned into a `Problem` by `normalize`."""
-
-    def __init__(self, field: str, reason: str, message: str):
-        super().__init__(message)
-        self.field, self.reason, self.message = field, reason, message
 
 
 # ---------------------------------------------------------------------------------------------- columns
@@ -75,12 +86,12 @@ class RowProblem(Exception):
 
 def mapped_fields(fields: Mapping[str, str | None] | None) -> dict[str, str]:
     """The entries of a `fields` mapping that map something (null = the canonical column name, not mapped)."""
-    return {canonical: user for canonical, user in (fields or {}).items() if user is not None}
+    return F.mapped(fields)
 
 
 def rename_fields(dataset: datasets.Dataset, fields: Mapping[str, str] | None) -> datasets.Dataset:
     """Rename user columns to canonical ones; `fields` maps canonical name -> user column name (null: not mapped)."""
-    fields = mapped_fields(fields)
+    fields = F.mapped(fields)
     mapping = {user: canonical for canonical, user in fields.items() if user != canonical}
     problems = field_mapping_problems(dataset.column_names, fields)
     if problems:
@@ -90,55 +101,29 @@ def rename_fields(dataset: datasets.Dataset, fields: Mapping[str, str] | None) -
 
 def field_mapping_problems(columns: Sequence[str], fields: Mapping[str, str] | None) -> list[str]:
     """What is wrong with a `fields` mapping for a file with these columns (empty list = nothing)."""
-    problems = []
-    for canonical, user in (fields or {}).items():
-        if user is None and canonical in CANONICAL_FIELDS:
-            continue  # null: not mapped
-        if canonical not in CANONICAL_FIELDS:
-            problems.append(f"fields: unknown canonical field {canonical!r} (known: {', '.join(CANONICAL_FIELDS)})")
-        elif user not in columns:
-            problems.append(f"fields: column {user!r} (for {canonical!r}) not in the file's columns {list(columns)}")
-    return problems
+    return F.problems(columns, fields, CANONICAL_FIELDS, chat=True)
 
 
 def mapped_columns(columns: Sequence[str], fields: Mapping[str, str] | None) -> list[str]:
     """The column names after `rename_fields` (for checks that must not load the data)."""
-    rename = {user: canonical for canonical, user in mapped_fields(fields).items()}
+    rename = {user: canonical for canonical, user in F.mapped(fields).items()}
     return [rename.get(column, column) for column in columns]
 
 
 def detect_format(columns: Sequence[str]) -> str | None:
-    """The format implied by the (canonical) column names, or None if none fits.
-
-    Chat columns win over alpaca columns, which win over `text`; `tools` beside a chat column means `toolcall`.
-    """
-    columns = set(columns)
-    if columns & {"conversations", "messages"}:
-        return "toolcall" if "tools" in columns else ("openai" if "messages" in columns else "sharegpt")
-    if {"instruction", "output"} <= columns:
-        return "alpaca"
-    if "text" in columns:
-        return "text"
-    return None
+    """The chat format implied by the (canonical) column names, or None if none fits (see the module docstring)."""
+    return registry.detect("chat", columns)
 
 
 def format_problems(fmt: str, columns: Sequence[str]) -> list[str]:
     """Missing required columns for `fmt` (after field mapping); empty list = all present."""
-    columns = set(columns)
-    if fmt not in FORMATS:
-        return [f"unknown format {fmt!r} (known: auto, {', '.join(FORMATS)})"]
-    required = {
-        "alpaca": [("instruction",), ("output",)],
-        "sharegpt": [("conversations", "messages")],
-        "openai": [("messages", "conversations")],
-        "toolcall": [("conversations", "messages"), ("tools",)],
-        "text": [("text",)],
-    }[fmt]
+    known = registry.names("chat")
+    if fmt not in known:
+        return [f"unknown format {fmt!r} (known: auto, {', '.join(known)})"]
     return [
         f"format {fmt!r} needs a column {' or '.join(repr(c) for c in options)} (has {sorted(columns)}; "
         f"map yours with data.fields)"
-        for options in required
-        if not columns & set(options)
+        for options in registry.get(fmt).missing(columns)
     ]
 
 
@@ -149,7 +134,7 @@ def resolve_format(fmt: str, columns: Sequence[str], file: str = "<data>") -> st
         if detected is None:
             raise DataError(
                 f"{file}: cannot detect the data format from columns {list(columns)}; set data.format "
-                f"({', '.join(FORMATS)}) and/or map columns with data.fields"
+                f"({', '.join(registry.names('chat'))}) and/or map columns with data.fields"
             )
         fmt = detected
     problems = format_problems(fmt, columns)
@@ -158,182 +143,9 @@ def resolve_format(fmt: str, columns: Sequence[str], file: str = "<data>") -> st
     return fmt
 
 
-# ---------------------------------------------------------------------------------------------- rows
-
-
 def normalize_record(record: Mapping[str, Any], fmt: str) -> dict:
     """One source record -> internal schema (without `row`); raises `RowProblem` when the record is bad."""
-    if fmt == "text":
-        return {"text": _text(record)}
-    if fmt == "alpaca":
-        messages = _alpaca_messages(record)
-    else:
-        messages = _conversation_messages(record)
-    check_conversation(messages)
-    return {"messages": messages, "tools": _tools(record.get("tools"))}
-
-
-def _text(record: Mapping[str, Any]) -> str:
-    text = record.get("text")
-    if text is None:
-        raise RowProblem("text", "missing_field", "missing 'text'")
-    if not isinstance(text, str):
-        raise RowProblem("text", "wrong_type", f"'text' must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise RowProblem("text", "empty_text", "empty text")
-    return text
-
-
-def _string_field(record: Mapping[str, Any], field: str, *, required: bool) -> str:
-    value = record.get(field)
-    if value is None:
-        if required:
-            raise RowProblem(field, "missing_field", f"missing {field!r}")
-        return ""
-    if not isinstance(value, str):
-        raise RowProblem(field, "wrong_type", f"{field!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _message(role: str, content: str, tool_calls: list | None = None) -> dict:
-    return {"role": role, "content": content, "tool_calls": tool_calls or []}
-
-
-def _alpaca_messages(record: Mapping[str, Any]) -> list[dict]:
-    instruction = _string_field(record, "instruction", required=True)
-    extra_input = _string_field(record, "input", required=False)
-    output = _string_field(record, "output", required=True)
-    system = _string_field(record, "system", required=False)
-    messages = [_message("system", system)] if system else []
-    for turn_index, pair in enumerate(record.get("history") or []):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise RowProblem(f"history[{turn_index}]", "wrong_type", "history items must be [user, assistant] strings")
-        messages += [_message("user", pair[0]), _message("assistant", pair[1])]
-    user = f"{instruction}\n{extra_input}" if instruction and extra_input else instruction or extra_input
-    return messages + [_message("user", user), _message("assistant", output)]
-
-
-def _conversation_messages(record: Mapping[str, Any]) -> list[dict]:
-    has_conversations = record.get("conversations") is not None or "messages" not in record
-    column = "conversations" if has_conversations else "messages"
-    turns = record.get(column)
-    if turns is None:
-        raise RowProblem(column, "missing_field", f"missing {column!r}")
-    if not isinstance(turns, list):
-        raise RowProblem(column, "wrong_type", f"{column!r} must be a list of turns, got {type(turns).__name__}")
-    system = _string_field(record, "system", required=False)
-    messages = [_message("system", system)] if system else []
-    for index, turn in enumerate(turns):
-        _append_turn(messages, turn, f"{column}[{index}]")
-    return messages
-
-
-def _append_turn(messages: list[dict], turn: Any, where: str) -> None:
-    if not isinstance(turn, Mapping):
-        raise RowProblem(where, "wrong_type", f"a turn must be an object, got {type(turn).__name__}")
-    role_key = "role" if "role" in turn else "from"
-    content_key = "content" if "content" in turn else "value"
-    raw_role = turn.get(role_key)
-    role = ROLE_ALIASES.get(str(raw_role).lower()) if raw_role is not None else None
-    if role is None:
-        raise RowProblem(f"{where}.{role_key}", "unknown_role", f"unknown role {raw_role!r}")
-    content = _content(turn.get(content_key), f"{where}.{content_key}")
-    if role == "function_call":
-        calls = parse_tool_calls(content, f"{where}.{content_key}")
-        previous = messages[-1] if messages else None
-        if previous and previous["role"] == "assistant" and not previous["tool_calls"]:
-            previous["tool_calls"] = calls  # "gpt: I'll check" + "function_call: {...}" is one assistant turn
-        else:
-            messages.append(_message("assistant", "", calls))
-        return
-    calls = []
-    if role == "assistant" and turn.get("tool_calls"):
-        calls = [_tool_call(call, f"{where}.tool_calls[{i}]") for i, call in enumerate(turn["tool_calls"])]
-    messages.append(_message(role, content, calls))
-
-
-def _content(value: Any, where: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(p, Mapping) and p.get("type") == "text" for p in value):
-        return "".join(str(p.get("text", "")) for p in value)  # openai content parts (text only)
-    raise RowProblem(where, "wrong_type", f"content must be a string, got {type(value).__name__}")
-
-
-def parse_tool_calls(value: str, where: str) -> list[dict]:
-    """A `function_call` turn's JSON (`{"name", "arguments"}` or a list of them) -> internal tool calls."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise RowProblem(where, "bad_function_call", f"function_call is not valid JSON ({json_error(err)})") from None
-    calls = parsed if isinstance(parsed, list) else [parsed]
-    if not calls:
-        raise RowProblem(where, "bad_function_call", "function_call holds an empty list")
-    return [_tool_call(call, where) for call in calls]
-
-
-def _tool_call(call: Any, where: str) -> dict:
-    """`{"name", "arguments"|"parameters"}` or openai's `{"function": {...}}` -> `{"name", "arguments": JSON text}`."""
-    if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
-        call = call["function"]
-    if not (isinstance(call, Mapping) and isinstance(call.get("name"), str) and call["name"]):
-        raise RowProblem(where, "bad_function_call", "a tool call needs a string 'name'")
-    arguments = call.get("arguments", call.get("parameters", {}))
-    return {"name": call["name"], "arguments": arguments_json(arguments, where)}
-
-
-def arguments_json(arguments: Any, where: str) -> str:
-    """Tool-call arguments as JSON text (openai sends a JSON string, glaive a dict)."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError as err:
-            raise RowProblem(
-                where, "bad_function_call", f"tool-call arguments are not valid JSON ({json_error(err)})"
-            ) from None
-    return json.dumps(arguments, ensure_ascii=False)
-
-
-def _tools(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RowProblem("tools", "bad_tools", f"tools is not valid JSON ({json_error(err)})") from None
-    if not isinstance(value, (list, dict)):
-        raise RowProblem("tools", "wrong_type", f"tools must be a JSON list of function schemas, got {value!r:.40}")
-    return json.dumps(value, ensure_ascii=False) if value else None
-
-
-def check_conversation(messages: list[dict]) -> None:
-    """Raise `RowProblem` unless the conversation is trainable: user first, assistant last, no empty answers."""
-    if not messages:
-        raise RowProblem("messages", "empty_conversation", "the conversation has no turns")
-    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
-    if first is None or messages[first]["role"] != "user":
-        raise RowProblem(
-            f"messages[{first or 0}]", "not_starting_with_user", "the first non-system turn must be a user turn"
-        )
-    if messages[-1]["role"] != "assistant":
-        raise RowProblem(
-            f"messages[{len(messages) - 1}]",
-            "not_ending_with_assistant",
-            f"the conversation ends with a {messages[-1]['role']} turn, not an assistant turn",
-        )
-    for index, message in enumerate(messages):
-        if message["role"] == "assistant" and not message["content"].strip() and not message["tool_calls"]:
-            raise RowProblem(f"messages[{index}].content", "empty_assistant", "empty assistant content")
-
-
-def add_default_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    """Prepend a system message with `system_prompt` when the conversation has none (None = leave as is)."""
-    if system_prompt is None or any(m["role"] == "system" for m in messages):
-        return messages
-    return [_message("system", system_prompt)] + messages
+    return registry.get(fmt).normalize(record)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -367,11 +179,6 @@ def normalize(
     return rows, fmt, bad_row_counts(bad)
 
 
-def bad_row_counts(bad: Sequence[BadRow]) -> dict[str, int]:
-    """`{"bad_row/<reason>": n}`: how the dropped rows are counted (logged, and `data/...` in metrics.json)."""
-    return dict(Counter(f"bad_row/{b.reason}" for b in bad))
-
-
 def normalize_collect(
     dataset: datasets.Dataset,
     fmt: str = "auto",
@@ -388,7 +195,7 @@ def normalize_collect(
     """
     dataset = rename_fields(dataset, fields)
     fmt = resolve_format(fmt, dataset.column_names, file)
-    features = TEXT_FEATURES if fmt == "text" else CHAT_FEATURES
+    features = TEXT_FEATURES if registry.get(fmt).row == "text" else CHAT_FEATURES
     if numbers is not None and len(numbers) != len(dataset):
         raise ValueError(f"{len(numbers)} positions for {len(dataset)} records")
     mapped = dataset.map(
@@ -397,23 +204,21 @@ def normalize_collect(
         with_indices=True,
         fn_kwargs={"fmt": fmt, "system_prompt": system_prompt, "file": str(file), "numbers": numbers, "unit": unit},
         remove_columns=dataset.column_names,
-        features=datasets.Features({**features, **PROBLEM_COLUMNS}),
+        features=datasets.Features({**features, **PROBLEMS}),
         keep_in_memory=True,
         new_fingerprint=datasets.fingerprint.generate_random_fingerprint(),  # numbers would be slow to hash
         desc=f"Normalizing {fmt} rows",
     )
     bad = [
-        BadRow(where, field, message, reason)
-        for where, field, reason, message in zip(
-            mapped["source"], mapped["_field"], mapped["_reason"], mapped["_message"]
-        )
-        if reason is not None
+        BadRow(where, p["field"], p["message"], p["reason"])
+        for where, problems in zip(mapped["source"], mapped["_problems"])
+        for p in problems
     ]
     if bad:
         mapped = mapped.filter(
-            lambda reasons: [r is None for r in reasons], input_columns="_reason", batched=True, keep_in_memory=True
+            lambda problems: [not p for p in problems], input_columns="_problems", batched=True, keep_in_memory=True
         )
-    return mapped.remove_columns(list(PROBLEM_COLUMNS)), fmt, bad
+    return mapped.remove_columns(list(PROBLEMS)), fmt, bad
 
 
 def _normalize_batch(
@@ -426,24 +231,25 @@ def _normalize_batch(
     numbers: Sequence[int] | None,
     unit: str,
 ) -> dict:
+    spec = registry.get(fmt)
     columns = list(batch)
-    out: dict[str, list] = {name: [] for name in ("row", "source", "_field", "_reason", "_message")}
-    out.update({"text": []} if fmt == "text" else {"messages": [], "tools": []})
+    out: dict[str, list] = {name: [] for name in ("row", "source", "_problems")}
+    out.update({"text": []} if spec.row == "text" else {"messages": [], "tools": []})
     for position, row in enumerate(indices):
         record = {column: batch[column][position] for column in columns}
+        problems: list[RowProblem] = []
         try:
-            normalized, problem = normalize_record(record, fmt), (None, None, None)
-        except RowProblem as err:
-            normalized = {"text": ""} if fmt == "text" else {"messages": [], "tools": None}
-            problem = (err.field, err.reason, err.message)
+            normalized = spec.normalize(record)
+        except (RowProblem, RowProblems) as err:
+            normalized = {"text": ""} if spec.row == "text" else {"messages": [], "tools": None}
+            problems = err.problems if isinstance(err, RowProblems) else [err]
         if "messages" in normalized:
             normalized["messages"] = add_default_system(normalized["messages"], system_prompt)
         for key, value in normalized.items():
             out[key].append(value)
         out["row"].append(row)
         out["source"].append(record_location(file, row, numbers, unit))
-        for key, value in zip(("_field", "_reason", "_message"), problem):
-            out[key].append(value)
+        out["_problems"].append([{"field": p.field, "reason": p.reason, "message": p.message} for p in problems])
     return out
 
 

@@ -1,32 +1,31 @@
-"""`CausalLMData`: the data object that `conf/data/*.yaml` instantiates for causal-LM objectives.
+"""`CausalLMData`: the data object that `conf/data/*.yaml` instantiates for causal-LM objectives (kind ``chat``).
 
     data = CausalLMData(path="sft.jsonl", template="chatml", max_length=1024)
     problems = data.validate()        # no tokenizer: options, and every file read + checked row by row
     counts = data.setup(tokenizer)    # read -> normalize -> tokenize (cached) -> filter/pack
     batch = data.collate([data.train_dataset[i] for i in range(8)])
 
-The pipeline itself lives in small functions (readers, formats, templates, tokenize, packing, collate);
-this class only holds the settings and wires them together.
+Reading, bad rows, the validation split and the cache are the skeleton every data source shares
+(`medlab.data.source`); the formats are registered normalizers (`medlab.data.formats`). What is this class's
+own: chat templates, assistant-only labels, truncation, CPT packing (`templates`, `tokenize`, `packing`) and
+the padded / padding-free collate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 
-from medlab.data import cache
+from medlab.data import cache, registry
+from medlab.data import source as S
 from medlab.data.collate import collate_padded, collate_padding_free
-from medlab.data.errors import BadRow, DataError, bad_row_problems, describe_bad_rows
+from medlab.data.errors import DataError, bad_row_counts
 from medlab.data.formats import (
-    CHAT_FORMATS,
-    FORMATS,
-    bad_row_counts,
     detect_format,
     field_mapping_problems,
     format_problems,
@@ -35,12 +34,15 @@ from medlab.data.formats import (
     normalize_collect,
 )
 from medlab.data.packing import pack_blocks
-from medlab.data.readers import as_path_list, check_exists, read_located
+from medlab.data.readers import FileRecords, as_path_list
 from medlab.data.split import held_out_count, split_option_problems
 from medlab.data.templates import TEMPLATE_NAMES, get_template
 from medlab.data.tokenize import MODES, TRUNCATION_POLICIES, require_eos_id, tokenize_dataset
 
 log = logging.getLogger(__name__)
+ROW_OF_MODE = {"sft": "messages", "cpt": "text"}  # what a format's rows must hold for each mode
+CACHE_ARGS = ("val_split", "val_split_min", "val_split_max", "format", "fields", "mode", "template", "system_prompt",
+              "max_length", "truncation", "on_bad_row", "limit", "seed")
 
 
 class CausalLMData:
@@ -67,28 +69,16 @@ class CausalLMData:
         cache_dir: where tokenized datasets are cached (None = no cache).
     """
 
+    kind: ClassVar[str] = "chat"  # medlab.contracts.DataSource
+    group_by_length = False  # chat rows keep random batches
+
     def __init__(
-        self,
-        path: str | Sequence[str],
-        val_path: str | Sequence[str] | None = None,
-        val_split: float = 0.0,
-        val_split_min: int = 1,
-        val_split_max: int | None = None,
-        format: str = "auto",
-        fields: Mapping[str, str] | None = None,
-        mode: str = "sft",
-        template: str = "chatml",
-        system_prompt: str | None = None,
-        max_length: int = 512,
-        truncation: str = "truncate",
-        on_bad_row: str = "error",
-        packing: bool = False,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
-        limit: int | None = None,
-        cache_dir: str | None = None,
-        seed: int = 0,
+        self, path: str | Sequence[str], val_path: str | Sequence[str] | None = None, val_split: float = 0.0,
+        val_split_min: int = 1, val_split_max: int | None = None, format: str = "auto",
+        fields: Mapping[str, str] | None = None, mode: str = "sft", template: str = "chatml",
+        system_prompt: str | None = None, max_length: int = 512, truncation: str = "truncate",
+        on_bad_row: str = "error", packing: bool = False, batch_size: int = 8, val_batch_size: int | None = None,
+        num_workers: int = 0, limit: int | None = None, cache_dir: str | None = None, seed: int = 0,
     ):
         self.paths = _paths(path)
         self.val_paths = _paths(val_path) if val_path else []
@@ -123,47 +113,28 @@ class CausalLMData:
         Options, then every file read in full: unparsable lines, columns vs format/fields/mode, and each row
         checked as setup would (with `on_bad_row=error` every bad row is a problem). Sets `val_size`.
         """
-        problems = self._option_problems()
-        counts: dict[str, int] = {}
-        sizes = {}
-        for split, paths in (("train", self.paths), ("val", self.val_paths)):
-            if not paths:
-                continue
-            with _no_progress_bars():  # a check, not work to watch
-                rows, file_problems, bad = self._load(paths, split, counts)
-            problems += file_problems
-            if bad and self.on_bad_row != "skip":
-                problems += bad_row_problems(bad)
-            elif bad and (rows is None or len(rows) == 0):  # on_bad_row=skip dropped everything
-                problems.append(_nothing_left(split, counts))
-            sizes[split] = len(rows) if rows is not None else None
-        if self.val_paths:
-            self.val_size = sizes.get("val")
-        elif sizes.get("train") is not None:
-            self.val_size = self._val_count(sizes["train"])
-        return problems
+        splits = [(split, lambda paths=paths: S.load_files(paths, self.limit, self._normalize_file))
+                  for split, paths in (("train", self.paths), ("val", self.val_paths)) if paths]
+        with _no_progress_bars():  # a check, not work to watch
+            problems, sizes = S.check_splits(splits, self.on_bad_row, left=_nothing_left_after_skip)
+        self.val_size = S.validation_size(sizes, bool(self.val_paths), self._val_count)
+        return self._option_problems() + problems
 
     def _option_problems(self) -> list[str]:
-        problems = []
-        choices = {
+        formats = registry.names("chat")
+        problems = S.choice_problems({
             "mode": (self.mode, MODES),
-            "format": (self.format, ("auto", *FORMATS)),
+            "format": (self.format, ("auto", *formats)),
             "template": (self.template, TEMPLATE_NAMES),
             "truncation": (self.truncation, TRUNCATION_POLICIES),
-            "on_bad_row": (self.on_bad_row, ("error", "skip")),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                problems.append(f"data.{name}={value!r} is not one of {', '.join(allowed)}")
+            "on_bad_row": (self.on_bad_row, S.ON_BAD_ROW),
+        })
         if not (isinstance(self.max_length, int) and self.max_length >= 2):
             problems.append(f"data.max_length must be an integer >= 2, got {self.max_length!r}")
         problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
-        for name in ("batch_size", "val_batch_size"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                problems.append(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
-            problems.append(f"data.limit must be a positive integer or null, got {self.limit!r}")
-        if self.format in FORMATS and not _mode_accepts(self.mode, self.format):
+        problems += S.positive_problems({"batch_size": self.batch_size, "val_batch_size": self.val_batch_size})
+        problems += S.positive_problems({"limit": self.limit}, optional=True)
+        if self.format in formats and not _mode_accepts(self.mode, self.format):
             problems.append(_mode_mismatch(self.mode, self.format))
         return problems
 
@@ -172,51 +143,17 @@ class CausalLMData:
             return 0
         return held_out_count(n_rows, float(self.val_split), self.val_split_min, self.val_split_max)
 
-    def _load(
-        self, paths: list[Path], split: str, counts: dict[str, int]
-    ) -> tuple[datasets.Dataset | None, list[str], list[BadRow]]:
-        """Read and normalize the files of one split: (good rows, file problems, bad rows); the caller applies
-        `on_bad_row`. File problems: missing/unreadable files, columns that fit no format, fields or mode."""
-        parts, problems, bad, remaining = [], [], [], self.limit
-        for path in paths:
-            if remaining == 0:
-                break
-            try:
-                read = read_located(path, limit=remaining)
-            except DataError as err:
-                problems.append(str(err))
-                continue
-            raw = read.dataset
-            if remaining is not None:
-                remaining -= len(raw)
-            bad += read.unparsable
-            _add(counts, split, {"read": len(raw), **bad_row_counts(read.unparsable)})
-            if len(raw) == 0:
-                continue  # nothing parsed: the unparsable lines say why
-            file_problems, fmt = self._column_problems(path, raw.column_names)
-            if file_problems or not _mode_accepts(self.mode, fmt):
-                problems += file_problems  # an explicit format that does not fit the mode is an option problem
-                continue
-            try:
-                rows, fmt, row_bad = normalize_collect(
-                    raw,
-                    fmt,
-                    fields=self.fields,
-                    file=str(path),
-                    system_prompt=self.system_prompt,
-                    numbers=read.numbers,
-                    unit=read.unit,
-                )
-            except DataError as err:
-                problems.append(str(err))
-                continue
-            bad += row_bad
-            _add(counts, split, bad_row_counts(row_bad))
-            parts.append(rows)
-        rows = None
-        if parts:
-            rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        return rows, problems, bad
+    def _normalize_file(self, read: FileRecords) -> tuple[datasets.Dataset | None, list[str], list]:
+        """One file's rows normalized (`medlab.data.formats`): (rows, file problems, bad rows)."""
+        problems, fmt = self._column_problems(read.path, read.dataset.column_names)
+        if problems or not _mode_accepts(self.mode, fmt):
+            return None, problems, []  # an explicit format that does not fit the mode is an option problem
+        try:
+            rows, _, bad = normalize_collect(read.dataset, fmt, fields=self.fields, file=str(read.path),
+                                             system_prompt=self.system_prompt, numbers=read.numbers, unit=read.unit)
+        except DataError as err:
+            return None, [str(err)], []
+        return rows, [], bad
 
     def _column_problems(self, path: Path, columns: list[str]) -> tuple[list[str], str]:
         """Problems of a file's columns against fields / format / mode, and the format it resolves to."""
@@ -227,7 +164,7 @@ class CausalLMData:
             return problems + [
                 f"{path}: cannot detect the format from columns {columns}; set data.format and/or data.fields"
             ], "auto"
-        if fmt not in FORMATS:
+        if fmt not in registry.names("chat"):
             return problems, fmt  # reported with the options
         problems += [f"{path}: {p}" for p in format_problems(fmt, columns)]
         if self.format == "auto" and self.mode in MODES and not _mode_accepts(self.mode, fmt):
@@ -238,27 +175,14 @@ class CausalLMData:
 
     def setup(self, tokenizer: Any) -> dict[str, int]:
         """Read, normalize, tokenize (or load from cache), filter/pack; returns kept/dropped counts by reason."""
-        problems = self._option_problems()
-        for path in self.paths + self.val_paths:
-            try:
-                check_exists(path)
-            except DataError as err:
-                problems.append(str(err))
-        if problems:
-            raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
+        S.raise_config_problems(self._option_problems(), self.paths + self.val_paths)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else require_eos_id(tokenizer)
         entry = self._cache_entry(tokenizer)
-        cached = cache.load_entry(entry) if entry is not None else None
-        if cached is not None:
-            self.train_dataset, self.val_dataset, self.counts = cached
+        self.train_dataset, self.val_dataset, self.counts, hit = cache.load_or_build(entry, lambda: self._build(tokenizer))
+        if hit:
             log.info("data: loaded tokenized data from cache %s", entry)
-        else:
-            self.train_dataset, self.val_dataset, self.counts = self._build(tokenizer)
-            if entry is not None:
-                cache.save_entry(entry, self.train_dataset, self.val_dataset, self.counts)
         if self.val_dataset is None:
-            log.warning("data: no validation rows (data.val_path is not set and data.val_split=%s holds out none): "
-                        "nothing is validated, so a val/ metric stays NaN", self.val_split)
+            S.warn_no_validation("data", "rows", self.val_split)
         log.info("data: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
         return dict(self.counts)
 
@@ -267,9 +191,8 @@ class CausalLMData:
         train_rows = self._rows(self.paths, "train", counts)
         if self.val_paths:
             val_rows = self._rows(self.val_paths, "val", counts)
-        else:
-            n_val = self._val_count(len(train_rows))
-            train_rows, val_rows = _hold_out(train_rows, n_val, self.seed) if n_val else (train_rows, None)
+        else:  # rows in the drawn order, as `Dataset.train_test_split` gave them (runs reproduce their split)
+            train_rows, val_rows = S.split_off(train_rows, self._val_count(len(train_rows)), self.seed, shuffled=True)
         template = get_template(self.template, tokenizer) if self.mode == "sft" else None
         if template is not None:
             _warn_if_end_of_turn_is_split(template, tokenizer)
@@ -278,13 +201,7 @@ class CausalLMData:
         return train, val, counts
 
     def _rows(self, paths: list[Path], split: str, counts: dict[str, int]) -> datasets.Dataset:
-        rows, problems, bad = self._load(paths, split, counts)
-        if problems:
-            raise DataError("invalid data:\n  - " + "\n  - ".join(problems))
-        if bad and self.on_bad_row != "skip":
-            raise DataError(describe_bad_rows(bad))
-        if bad:
-            _log_dropped(bad)
+        rows = S.take(S.load_files(paths, self.limit, self._normalize_file), split, self.on_bad_row, counts)
         if rows is None or len(rows) == 0:
             raise DataError(_nothing_left(split, counts))
         return rows
@@ -295,46 +212,26 @@ class CausalLMData:
         tokenized, dropped = tokenize_dataset(
             rows, tokenizer, mode=self.mode, template=template, max_length=self.max_length, truncation=self.truncation
         )
-        _add(counts, split, dropped)
+        S.add_counts(counts, split, dropped)
         if self.mode == "cpt":
             tokenized, packed = pack_blocks(tokenized, self.max_length, allow_short=split == "val")
-            _add(counts, split, packed)
+            S.add_counts(counts, split, packed)
         if len(tokenized) == 0:
-            raise DataError(f"no {split} examples left after tokenization: {_split_counts(counts, split)}")
-        _add(counts, split, {"kept": len(tokenized)})
+            raise DataError(f"no {split} examples left after tokenization: {S.split_counts(counts, split)}")
+        S.add_counts(counts, split, {"kept": len(tokenized)})
         return tokenized.add_column("id", list(range(len(tokenized))), feature=datasets.Value("int64"))
 
     def _cache_entry(self, tokenizer: Any) -> Path | None:
         if self.cache_dir is None:
             return None
         template_source = get_template(self.template, tokenizer).source if self.mode == "sft" else None
-        key = cache.cache_key(
-            {
-                "train": cache.file_fingerprint(self.paths),
-                "val": cache.file_fingerprint(self.val_paths),
-                "args": {
-                    name: getattr(self, name)
-                    for name in (
-                        "val_split",
-                        "val_split_min",
-                        "val_split_max",
-                        "format",
-                        "fields",
-                        "mode",
-                        "template",
-                        "system_prompt",
-                        "max_length",
-                        "truncation",
-                        "on_bad_row",
-                        "limit",
-                        "seed",
-                    )
-                },
-                "tokenizer": cache.tokenizer_fingerprint(tokenizer),
-                "template": template_source,
-            }
-        )
-        return Path(self.cache_dir) / "tokenized" / key
+        return cache.entry_path(self.cache_dir, {
+            "train": cache.file_fingerprint(self.paths),
+            "val": cache.file_fingerprint(self.val_paths),
+            "args": {name: getattr(self, name) for name in CACHE_ARGS},
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+            "template": template_source,
+        })
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -346,6 +243,10 @@ class CausalLMData:
             return collate_padding_free(examples)
         return collate_padded(examples, self.pad_id)
 
+    def lengths(self) -> list[int]:
+        """Tokens per training example (for length-grouped batches)."""
+        return [len(ids) for ids in self.train_dataset["input_ids"]]
+
 
 def _paths(path: str | Sequence[str] | None) -> list[Path]:
     if path is None:
@@ -354,14 +255,16 @@ def _paths(path: str | Sequence[str] | None) -> list[Path]:
 
 
 def _mode_accepts(mode: str, fmt: str) -> bool:
-    return (mode == "sft" and fmt in CHAT_FORMATS) or (mode == "cpt" and fmt == "text") or mode not in MODES
+    if mode not in MODES:
+        return True
+    return fmt in registry.names("chat") and registry.get(fmt).row == ROW_OF_MODE[mode]
 
 
 def _mode_mismatch(mode: str, fmt: str) -> str:
     if mode == "sft":
+        chat = [name for name in registry.names("chat") if registry.get(name).row == "messages"]
         return (
-            f"mode 'sft' needs chat rows (alpaca, sharegpt, openai, toolcall), but the format is {fmt!r}; "
-            "use mode 'cpt' for plain text"
+            f"mode 'sft' needs chat rows ({', '.join(chat)}), but the format is {fmt!r}; use mode 'cpt' for plain text"
         )
     return f"mode 'cpt' needs text rows, but the format is {fmt!r}; use mode 'sft' for chat data"
 
@@ -376,18 +279,6 @@ def _warn_if_end_of_turn_is_split(template, tokenizer: Any) -> None:
         )
 
 
-def _hold_out(rows: datasets.Dataset, n_val: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split off `n_val` rows (`medlab.data.split.held_out_count`) with a fixed seed."""
-    split = rows.train_test_split(test_size=n_val, seed=seed, shuffle=True, keep_in_memory=True)
-    return split["train"], split["test"]
-
-
-def _log_dropped(bad: Sequence[BadRow]) -> None:
-    for (file, reason), n in Counter((b.where.rsplit(" ", 2)[0], b.reason) for b in bad).items():
-        example = next(b for b in bad if b.reason == reason and b.where.startswith(file))
-        log.warning("data: %s: dropped %d bad row(s): %s (e.g. %s)", file, n, reason, example)
-
-
 @contextlib.contextmanager
 def _no_progress_bars():
     disabled = datasets.are_progress_bars_disabled()
@@ -400,13 +291,12 @@ def _no_progress_bars():
 
 
 def _nothing_left(split: str, counts: dict[str, int]) -> str:
-    return f"no {split} rows left after dropping bad rows: {_split_counts(counts, split)}"
+    return f"no {split} rows left after dropping bad rows: {S.split_counts(counts, split)}"
 
 
-def _add(counts: dict[str, int], split: str, values: Mapping[str, int]) -> None:
-    for key, value in values.items():
-        counts[f"{split}/{key}"] = counts.get(f"{split}/{key}", 0) + int(value)
-
-
-def _split_counts(counts: dict[str, int], split: str) -> dict[str, int]:
-    return {k: v for k, v in counts.items() if k.startswith(f"{split}/")}
+def _nothing_left_after_skip(split: str, loaded: S.Loaded) -> str | None:
+    """validate(): with ``on_bad_row=skip``, a split whose bad rows were all its rows."""
+    if not loaded.bad or (loaded.rows is not None and len(loaded.rows) > 0):
+        return None
+    counts = {f"{split}/read": loaded.read, **{f"{split}/{k}": v for k, v in bad_row_counts(loaded.bad).items()}}
+    return _nothing_left(split, counts)

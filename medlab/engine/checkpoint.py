@@ -41,7 +41,7 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,41 @@ def _apply_trainable(model: nn.Module, weights: dict[str, torch.Tensor], source:
             param.copy_(weights[name])
 
 
+def load_trainable(model: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Path:
+    """Load only the trainable weights of the checkpoint ``path`` into ``model`` (inference: no optimizer,
+    scheduler or RNG state) and return ``path``.
+
+    The checkpoint must be complete, and its weight names and shapes must equal the model's trainable
+    parameters (the run's adapter / fine-tuning config rebuilt): :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    reason = _incomplete_reason(path)
+    if reason is not None:
+        raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
+    try:
+        weights = load_file(str(path / MODEL_FILE), device=str(map_location))
+    except Exception as exc:
+        raise CheckpointError(f"Cannot read {path / MODEL_FILE}: {exc}") from exc
+    _apply_trainable(model, weights, path / MODEL_FILE)
+    return path
+
+
+def read_loop_state(path: str | os.PathLike) -> dict:
+    """The loop state a complete checkpoint recorded (``global_step``, ``best_metric``, ``best_step``,
+    ``last_val``, ...), read without loading the optimizer state into memory (``mmap``)."""
+    path = Path(path)
+    reason = _incomplete_reason(path)
+    if reason is not None:
+        raise CheckpointError(f"Cannot read checkpoint {path}: {reason}.")
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"Cannot read {path / STATE_FILE}: {exc}") from exc
+    loop = state.get("loop") if isinstance(state, dict) else None
+    if not isinstance(loop, dict):
+        raise CheckpointError(f"{path / STATE_FILE} holds no loop state.")
+    return loop
+
+
 def _names(names: list[str], limit: int = 20) -> str:
     if not names:
         return "none"
@@ -254,6 +289,7 @@ def save_checkpoint(
     world_size: int = 1,
     keep_last: int | None = 3,
     barrier: Callable[[], None] | None = None,
+    protect: Collection[int] = (),
 ) -> Path:
     """Atomically save ``ckpt_root/step-{step:08d}`` and return its path (see the module docstring).
 
@@ -262,7 +298,9 @@ def save_checkpoint(
     An error on any rank still passes all three barriers, so no rank hangs, and every rank raises.
     Then rank 0 deletes complete checkpoints beyond the newest ``keep_last`` (None or <= 0: keep all),
     checkpoints with a higher step (an abandoned timeline after resuming from an older one) and stale
-    temp dirs. ``loop_state`` may hold only ints, floats, bools, str, None, tensors, lists and dicts.
+    temp dirs. ``protect``: steps whose checkpoint pruning keeps on top of the newest ``keep_last`` (e.g. the
+    best step, so evaluation can load it). ``loop_state`` may hold only ints, floats, bools, str, None, tensors,
+    lists and dicts.
     """
     barrier = barrier or (lambda: None)
     rng_state = capture_rng()  # first, before anything could draw
@@ -313,7 +351,7 @@ def save_checkpoint(
     if not is_complete(final):
         raise CheckpointError(f"Rank {rank}: checkpoint {final} was not published (rank 0 failed to commit it).")
     if rank == 0:
-        _prune(root, step, keep_last)
+        _prune(root, step, keep_last, protect)
     return final
 
 
@@ -369,7 +407,7 @@ def _commit(tmp: Path, final: Path, step: int, world_size: int) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
 
 
-def _prune(root: Path, step: int, keep_last: int | None) -> None:
+def _prune(root: Path, step: int, keep_last: int | None, protect: Collection[int] = ()) -> None:
     complete = list_checkpoints(root)
     newer = [p for p in complete if checkpoint_step(p) > step]
     if newer:
@@ -380,7 +418,9 @@ def _prune(root: Path, step: int, keep_last: int | None) -> None:
             ", ".join(p.name for p in newer),
         )
     older = [p for p in complete if checkpoint_step(p) <= step]
-    doomed = newer + (older[:-keep_last] if keep_last and keep_last > 0 else [])
+    kept = set(protect)
+    doomed = newer + [p for p in (older[:-keep_last] if keep_last and keep_last > 0 else [])
+                      if checkpoint_step(p) not in kept]
     for path in doomed:
         _remove_dir(path)
     for stale in root.glob(f"{TMP_PREFIX}*"):

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from medlab.contracts import ExperienceObjective, Objective, objective_problems
 from medlab.engine import checkpoint as ckpt
 from medlab.engine.progress import Progress, Throughput, format_metrics
 from medlab.engine.sampler import ResumableBatchSampler
@@ -163,7 +164,7 @@ class Loop:
                 if self.state.batch_in_epoch >= per_epoch:
                     break
                 self.state.batch_in_epoch += 1
-                if hasattr(self.module, "make_experience"):
+                if self._experiences:
                     experience = self._experience_windows(batch)
                     for j, exp_window in enumerate(experience):
                         self.state.experience_step = (j + 1) % len(experience)
@@ -176,18 +177,18 @@ class Loop:
             if window:
                 yield window  # a partial window at the end of an epoch still steps (weights renormalize)
 
-    def _steps_per_experience(self) -> int | None:
-        """None: ``make_experience`` returns one window; n >= 1: it returns a list of n windows."""
-        n = getattr(self.module, "steps_per_experience", None)
-        if n is not None and not (isinstance(n, int) and n >= 1):
+    def _steps_per_experience(self) -> int:
+        """Optimizer steps (windows) per experience of an :class:`~medlab.contracts.ExperienceObjective`; 1 otherwise."""
+        if not self._experiences:
+            return 1
+        n = self.module.steps_per_experience
+        if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"module.steps_per_experience must be an integer >= 1, got {n!r}")
         return n
 
     def _experience_windows(self, batch) -> list[list]:
         out = list(self.module.make_experience(batch))
         n = self._steps_per_experience()
-        if n is None:
-            return [out]
         if len(out) != n:
             raise ValueError(f"make_experience returned {len(out)} windows; steps_per_experience is {n}")
         return [list(w) for w in out]
@@ -196,8 +197,8 @@ class Loop:
     def _total_steps(self) -> int:
         k = self.cfg.accumulate_grad_batches
         per_epoch = math.ceil(self._batches_per_epoch() / k)
-        if hasattr(self.module, "make_experience"):
-            per_epoch = self._batches_per_epoch() * (self._steps_per_experience() or 1)
+        if self._experiences:
+            per_epoch = self._batches_per_epoch() * self._steps_per_experience()
         candidates = []
         if self.cfg.max_steps is not None and self.cfg.max_steps > 0:
             candidates.append(self.cfg.max_steps)
@@ -223,7 +224,11 @@ class Loop:
     def fit(self, module, train_data, collate: Callable, *, batch_size: int, val_data=None,
             val_batch_size: int | None = None, resume: Path | None = None, lengths=None) -> FitResult:
         fabric, cfg = self.fabric, self.cfg
+        if not isinstance(module, Objective):
+            raise TypeError("the loop trains objectives (medlab.contracts.Objective): "
+                            + "; ".join(objective_problems(type(module))))
         self.module, self.train_data, self.val_data, self.collate = module, train_data, val_data, collate
+        self._experiences = isinstance(module, ExperienceObjective)
         self.train_sampler = ResumableBatchSampler(
             len(train_data), batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
             rank=fabric.global_rank, world_size=fabric.world_size, lengths=lengths)
@@ -237,7 +242,7 @@ class Loop:
                 rank=fabric.global_rank, world_size=fabric.world_size, pad=sharded)
         self.total_steps = self._total_steps()
         module.estimated_stepping_batches = self.total_steps
-        per_exp = (self._steps_per_experience() or 1) if hasattr(module, "make_experience") else 1
+        per_exp = self._steps_per_experience()
         if per_exp > 1 and self.total_steps % per_exp:
             log.warning("%d optimizer steps is not a multiple of the %d steps per experience: the last experience "
                         "is cut short", self.total_steps, per_exp)
@@ -310,14 +315,14 @@ class Loop:
     # ------------------------------------------------------------------ one optimizer step
     def _step(self, window: list) -> tuple[torch.Tensor, int, int, int]:
         fabric, module, cfg = self.fabric, self.module, self.cfg
-        weights = [int(module.batch_weight(b)) if hasattr(module, "batch_weight") else 1 for b in window]
+        weights = [int(module.batch_weight(b)) for b in window]
         total = torch.tensor(float(sum(weights)), device=fabric.device)
         if fabric.world_size > 1:  # stays on the device: no host sync
             total = fabric.all_reduce(total, reduce_op="sum")
         scale_den = total.clamp(min=1.0)
         loss_sum = torch.zeros((), device=fabric.device)
         tokens = samples = 0
-        owns_backward = bool(getattr(module, "owns_backward", False))
+        owns_backward = bool(module.owns_backward)
         for i, (batch, w) in enumerate(zip(window, weights)):
             is_last = i == len(window) - 1
             self._hook("on_train_batch_start", batch, self.state.micro_step)
@@ -336,7 +341,7 @@ class Loop:
                     fabric.backward(loss * scale)
                     self._hook("on_after_backward")
             loss_sum = loss_sum + loss.detach().float() * w
-            tokens += int(module.batch_tokens(batch)) if hasattr(module, "batch_tokens") else 0
+            tokens += int(module.batch_tokens(batch))
             samples += len(batch["ids"]) if isinstance(batch, dict) and "ids" in batch else 1
             self._hook("on_train_batch_end", {"loss": loss.detach(), **extra}, batch, self.state.micro_step)
             self.state.micro_step += 1
@@ -399,14 +404,13 @@ class Loop:
         """``module.step_metrics()`` (what the objective measured since the last log point) as ``train/<key>``,
         averaged over ranks (keys whose last part contains "max" take the maximum). Every rank must return the
         same keys; rank 0's are the ones logged."""
-        fn = getattr(self.module, "step_metrics", None)
-        if not callable(fn):
-            return {}
-        values = {k: float(v) for k, v in (fn() or {}).items()}
+        values = {k: float(v) for k, v in (self.module.step_metrics() or {}).items()}
         keys = sorted(values)
         fabric = self.fabric
         if fabric.world_size > 1:
             keys = fabric.broadcast(keys, src=0)
+            if not keys:  # the objective measured nothing per step
+                return {}
             is_max = [("max" in k.rsplit("/", 1)[-1]) for k in keys]
             t = torch.tensor([values.get(k, math.nan) for k in keys], device=fabric.device, dtype=torch.float32)
             summed = fabric.all_reduce(torch.where(torch.tensor(is_max, device=t.device), 0.0, t), reduce_op="sum")
@@ -433,7 +437,7 @@ class Loop:
                 break
             out = self.fmodule.validation_step(batch, i)
             out = {"loss": out} if isinstance(out, torch.Tensor) else out
-            w = float(module.batch_weight(batch)) if hasattr(module, "batch_weight") else 1.0
+            w = float(module.batch_weight(batch))
             for k, v in out.items():
                 sums[k] = sums.get(k, torch.zeros((), device=fabric.device)) + v.detach().float() * w
             weight += w
@@ -446,9 +450,7 @@ class Loop:
             packed = fabric.all_reduce(packed, reduce_op="sum")
         values = packed.tolist()
         metrics = {f"val/{k}": values[i] / values[-1] for i, k in enumerate(keys)} if values[-1] > 0 else {}
-        finalize = getattr(module, "validation_metrics", None)
-        if callable(finalize):
-            metrics = finalize(metrics)
+        metrics = module.validation_metrics(metrics)
         self.fmodule.train()
         self._hook("on_validation_end")
         self._log(metrics)
@@ -490,6 +492,8 @@ class Loop:
             self.ckpt_root, self.state.global_step, model=self.module, optimizer=self.optimizer,
             scheduler=self.scheduler, loop_state=asdict(self.state), rank=fabric.global_rank,
             world_size=fabric.world_size, keep_last=self.cfg.keep_last_k, barrier=fabric.barrier,
+            # the best checkpoint by the monitored metric survives keep_last_k (evaluate/mine load it by default)
+            protect=(self.state.best_step,) if self.state.best_step is not None else (),
         )
         fabric.barrier()
         log.info("saved checkpoint %s", path)
@@ -551,11 +555,12 @@ def _split_optim(cfg: Any):
 
 def _flops_info(module, fabric) -> tuple[float | None, float | None]:
     """(training FLOPs per token, device peak FLOP/s) for MFU, only on CUDA and when the module knows."""
-    if fabric.device.type != "cuda" or not hasattr(module, "flops_per_token"):
+    if fabric.device.type != "cuda":
         return None, None
     try:
         from lightning.fabric.utilities.throughput import get_available_flops
 
-        return float(module.flops_per_token()), get_available_flops(fabric.device, torch.bfloat16)
+        flops = module.flops_per_token()
+        return (float(flops), get_available_flops(fabric.device, torch.bfloat16)) if flops else (None, None)
     except Exception:  # unknown GPU: no MFU rather than a crash
         return None, None

@@ -18,7 +18,7 @@ import math
 import lightning as L
 import torch
 
-from medlab.objectives.common import OptimSettings, gather_objects
+from medlab.objectives.common import OptimSettings, choice_problem, gather_objects, int_problem
 from medlab.retrieval.evaluation import retrieval_report
 from medlab.retrieval.gradcache import cached_info_nce_backward
 from medlab.retrieval.losses import gather_with_grad, info_nce
@@ -29,14 +29,18 @@ VISION_PARAM_NAMES = ("visual.", "vision_tower.", "vision_model.")
 
 
 class BiEncoder(L.LightningModule):
+    """Satisfies :class:`medlab.contracts.Objective` (retrieval data with ``task: bi_encoder``)."""
+
     head = "embed"  # the backbone the loader returns: bare model (last_hidden_state)
     peft_task = "FEATURE_EXTRACTION"
+    data_kinds = ("retrieval",)
+    data_task = "bi_encoder"  # RetrievalData's batches: queries + positives (+ hard negatives)
+    eval_task = "retrieval"
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, pooling: str = "mean", normalize: bool = True,
                  temperature: float = 0.05, learnable_temperature: bool = False, symmetric: bool = False,
                  mask_false_negatives: bool = True, cross_rank_negatives: bool = True,
-                 gradcache_chunk_size: int | None = None, eval_ks: tuple[int, ...] = (1, 3, 5, 10, 100),
-                 task: str = "bi_encoder", **optim):
+                 gradcache_chunk_size: int | None = None, eval_ks: tuple[int, ...] = (1, 3, 5, 10, 100), **optim):
         super().__init__()
         if pooling not in POOLING:
             raise ValueError(f"objective.pooling={pooling!r} is not one of {POOLING}")
@@ -58,6 +62,38 @@ class BiEncoder(L.LightningModule):
         self.owns_backward = gradcache_chunk_size is not None
         self.loss_scale = 1.0  # set by the loop before each step when owns_backward
         self._val: list[dict] = []
+
+    @classmethod
+    def config_problems(cls, cfg) -> list[str]:
+        import logging
+
+        o, out = cfg.objective, []
+        out.append(choice_problem("objective.pooling", o.get("pooling"), POOLING))
+        temperature = o.get("temperature")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            out.append(f"objective.temperature must be > 0, got {temperature!r}")
+        chunk = o.get("gradcache_chunk_size")
+        if chunk is not None:
+            out.append(int_problem("objective.gradcache_chunk_size", chunk, allow_none=True))
+            if str(cfg.strategy.get("name")) in ("fsdp", "deepspeed_stage_2", "deepspeed_stage_3"):
+                out.append("objective.gradcache_chunk_size (GradCache) runs its own backward passes: use strategy "
+                           "single or ddp, not FSDP/DeepSpeed")
+            if cfg.model.get("source") == "tiny_vlm" or "vl" in str(cfg.model.get("name", "")).lower():
+                out.append("GradCache slices inputs by rows, which image patches are not: turn it off for VLM backbones")
+        if (cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
+            logging.getLogger("medlab").warning(
+                "bi-encoder with trainer.accumulate_grad_batches > 1: each micro-batch only sees its own in-batch "
+                "negatives; for a larger contrastive batch use objective.gradcache_chunk_size instead")
+        return [p for p in out if p]
+
+    def bind_data(self, data) -> None:
+        pass  # batches carry everything the loss needs
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
+    def flops_per_token(self) -> None:
+        return None  # MFU is reported for language-model objectives only
 
     # ------------------------------------------------------------------ encoding
     @property

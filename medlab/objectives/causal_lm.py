@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from medlab import linear_ce, losses
-from medlab.optim import build_adamw, build_scheduler
+from medlab.objectives.common import OptimSettings, choice_problem, int_problem
 
 MODES = ("cpt", "sft")
 LOSS_IMPLS = ("chunked", "full", "liger")
@@ -21,11 +21,16 @@ log = logging.getLogger("medlab")
 
 
 class CausalLM(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, tokenizer=None, *, mode: str = "sft", lr: float = 2e-4,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 scheduler: str = "cosine", warmup_steps: int = 0, warmup_ratio: float = 0.0,
-                 min_lr_ratio: float = 0.1, fused_adamw: bool | None = None, loss_impl: str = "chunked",
-                 loss_chunk_size: int | None = None):
+    """Satisfies :class:`medlab.contracts.Objective` (chat data: SFT rows or CPT blocks)."""
+
+    head = "causal_lm"
+    peft_task = "CAUSAL_LM"
+    data_kinds = ("chat",)
+    eval_task = "qa"
+    owns_backward = False
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, mode: str = "sft", loss_impl: str = "chunked",
+                 loss_chunk_size: int | None = None, **optim):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"objective.mode={mode!r}; expected one of {MODES}")
@@ -34,10 +39,20 @@ class CausalLM(L.LightningModule):
         self.loss_impl, self.loss_chunk_size = loss_impl, loss_chunk_size
         self._fallback_logged = False
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
-        self.scheduler_kind, self.warmup_steps, self.warmup_ratio = scheduler, warmup_steps, warmup_ratio
-        self.min_lr_ratio, self.fused_adamw = min_lr_ratio, fused_adamw
+        self.optim = OptimSettings(**{"lr": 2e-4, "betas": (0.9, 0.95), "min_lr_ratio": 0.1, **optim})
         self.estimated_stepping_batches = 1  # set by the loop before configure_optimizers
+        self.flops_seq_len: int | None = None  # bind_data: the attention term of MFU
+
+    @classmethod
+    def config_problems(cls, cfg) -> list[str]:
+        o = cfg.objective
+        out = [choice_problem("objective.mode", o.get("mode"), MODES),
+               choice_problem("objective.loss_impl", o.get("loss_impl", "chunked"), LOSS_IMPLS),
+               int_problem("objective.loss_chunk_size", o.get("loss_chunk_size"), allow_none=True)]
+        return [p for p in out if p]
+
+    def bind_data(self, data) -> None:
+        self.flops_seq_len = data.max_length
 
     def forward(self, batch: dict) -> torch.Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
@@ -107,12 +122,15 @@ class CausalLM(L.LightningModule):
     def batch_tokens(self, batch: dict) -> int:
         return batch["num_tokens"]
 
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token, PaLM appendix B: 6N + 12·L·H·Q·T (N = non-embedding parameters, L layers,
-        H heads, Q head dim, T = ``self.flops_seq_len``, the data's max length, set by the runner; without it the
+        H heads, Q head dim, T = ``self.flops_seq_len``, the data's max length, from ``bind_data``; without it the
         attention term is left out). Under LoRA this is still the full model's count (the MFU convention)."""
         n = sum(p.numel() for name, p in self.model.named_parameters() if "embed" not in name)
-        return palm_flops_per_token(n, getattr(self.model, "config", None), getattr(self, "flops_seq_len", None))
+        return palm_flops_per_token(n, getattr(self.model, "config", None), self.flops_seq_len)
 
     def on_fit_start(self) -> None:
         if self.loss_impl == "liger":
@@ -121,12 +139,7 @@ class CausalLM(L.LightningModule):
                 raise ValueError("objective.loss_impl=liger runs Triton kernels on a CUDA GPU; use chunked here")
 
     def configure_optimizers(self):
-        opt = build_adamw(self.model.named_parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                          betas=self.betas, eps=self.eps, fused=self.fused_adamw)
-        sched = build_scheduler(opt, total_steps=self.estimated_stepping_batches, kind=self.scheduler_kind,
-                                warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio,
-                                min_lr_ratio=self.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self.optim.build(self.model.named_parameters(), self.estimated_stepping_batches)
 
 
 def _liger_loss():

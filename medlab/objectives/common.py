@@ -1,8 +1,10 @@
-"""Settings every objective shares (optimizer + schedule), held by composition."""
+"""What every objective shares, held by composition: optimizer + schedule settings, rank gathering, and the
+small checks their ``config_problems`` use."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -37,3 +39,18 @@ def gather_objects(obj, fabric) -> list:
     out = [None] * fabric.world_size
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def choice_problem(key: str, value: Any, choices: tuple) -> str | None:
+    """``key=value is not one of ...`` when ``value`` is not in ``choices`` (None: fine)."""
+    return None if value in choices else f"{key}={value!r} is not one of {', '.join(map(str, choices))}"
+
+
+def int_problem(key: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> str | None:
+    """A message when ``value`` is not an integer >= ``minimum`` (or null when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return None
+    return f"{key} must be {'null or ' if allow_none else ''}an integer >= {minimum}, got {value!r}"
+

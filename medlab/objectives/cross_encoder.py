@@ -17,7 +17,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from medlab.objectives.common import OptimSettings, gather_objects
+from medlab.objectives.common import OptimSettings, choice_problem, gather_objects
 from medlab.retrieval.evaluation import rerank_report
 from medlab.retrieval.losses import listwise_softmax_ce, pairwise_bce
 
@@ -25,11 +25,16 @@ LOSSES = ("bce", "listwise")
 
 
 class CrossEncoder(L.LightningModule):
+    """Satisfies :class:`medlab.contracts.Objective` (retrieval data with ``task: cross_encoder``)."""
+
     head = "score"
     peft_task = "SEQ_CLS"
+    data_kinds = ("retrieval",)
+    data_task = "cross_encoder"  # RetrievalData's batches: scored (query, document) pairs
+    eval_task = "rerank"
+    owns_backward = False
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, *, loss: str = "bce", eval_k: int = 10,
-                 task: str = "cross_encoder", **optim):
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, loss: str = "bce", eval_k: int = 10, **optim):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"objective.loss={loss!r} is not one of {LOSSES}")
@@ -37,6 +42,23 @@ class CrossEncoder(L.LightningModule):
         self.optim = OptimSettings(**optim)
         self.estimated_stepping_batches = 1
         self._val: list[tuple] = []
+
+    @classmethod
+    def config_problems(cls, cfg) -> list[str]:
+        loss = cfg.objective.get("loss")
+        out = [choice_problem("objective.loss", loss, LOSSES)]
+        if loss == "listwise" and not cfg.data.get("group_size"):
+            out.append("objective.loss=listwise needs groups of 1 positive + k negatives: set data.group_size=K")
+        return [p for p in out if p]
+
+    def bind_data(self, data) -> None:
+        pass
+
+    def step_metrics(self) -> dict[str, float]:
+        return {}
+
+    def flops_per_token(self) -> None:
+        return None  # MFU is reported for language-model objectives only
 
     def score(self, pairs: dict) -> torch.Tensor:
         """Tokenized pairs -> one relevance logit per pair [N] (float32)."""

@@ -47,7 +47,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from medlab.objectives.common import OptimSettings
+from medlab.objectives.common import OptimSettings, int_problem
 from medlab.rl.advantages import SCALES, group_advantages
 from medlab.rl.decode import KVCacheEngine
 from medlab.rl.generation import HFGenerateEngine, _find_peft, eval_mode, sequence_logprobs
@@ -60,8 +60,13 @@ ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"
 
 
 class GRPOPolicy(L.LightningModule):
+    """Satisfies :class:`medlab.contracts.ExperienceObjective` (prompt data)."""
+
     head = "causal_lm"
     peft_task = "CAUSAL_LM"
+    data_kinds = ("prompts",)
+    eval_task = "qa"
+    owns_backward = False
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, rewards: Mapping[str, Any],
                  num_generations: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -70,7 +75,7 @@ class GRPOPolicy(L.LightningModule):
                  loss_aggregation: str = "token", micro_batch_size: int | None = None,
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
                  tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
-                 engine: str = "medlab", engine_check_every: int = 16, task: str = "grpo",
+                 engine: str = "medlab", engine_check_every: int = 16,
                  reward_timeout_s: float | None = 300.0, **optim):
         super().__init__()
         if tokenizer is None:
@@ -105,11 +110,11 @@ class GRPOPolicy(L.LightningModule):
         self.scale_rewards, self.adv_eps, self.loss_aggregation = scale_rewards, float(adv_eps), loss_aggregation
         self.micro_batch_size, self.logprob_batch_size = micro_batch_size, logprob_batch_size
         self.val_max_new_tokens = val_max_new_tokens or max_new_tokens
-        self.task = task
         # agentic RAG: multi-turn rollouts with search tools (medlab.rl.agent); built in on_fit_start
         self.tools_config = _plain(tools) if tools else None
         self.max_turns, self.max_total_tokens = int(max_turns), max_total_tokens
         self.tools: dict | None = None
+        self.load_run: Any = None  # bind_run_loader: loads the runs behind the search tools
         self._passages: dict = {}
         self.optim = OptimSettings(**optim)
         if engine not in ("medlab", "hf"):
@@ -126,16 +131,56 @@ class GRPOPolicy(L.LightningModule):
         self._update_s, self._update_steps = 0.0, 0
         self._step_t0: float | None = None
 
+    @classmethod
+    def config_problems(cls, cfg) -> list[str]:
+        """Rewards that load, a group of at least two completions, a strategy that keeps whole weights."""
+        from omegaconf import OmegaConf
+
+        o, out = cfg.objective, []
+        rewards = o.get("rewards")
+        if not rewards:
+            out.append("objective.rewards is empty: configure at least one reward, e.g. "
+                       "+objective.rewards.accuracy={_target_: exact_match, weight: 1.0}")
+        else:
+            try:
+                RewardSet.from_config(OmegaConf.to_container(rewards, resolve=True))
+            except Exception as e:  # unknown name, bad dotted path, not callable
+                out.append(f"objective.rewards: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        out.append(int_problem("objective.num_generations", o.get("num_generations"), minimum=2))
+        out.append(int_problem("objective.num_iterations", o.get("num_iterations")))
+        if str(cfg.strategy.get("name")) in ("fsdp", "deepspeed_stage_3"):
+            out.append("objective=grpo generates with the training model, whose weights FSDP / DeepSpeed ZeRO-3 "
+                       "shard: use strategy=ddp or strategy=single")
+        return [p for p in out if p]
+
+    def bind_data(self, data) -> None:
+        """Generation stops on the data's chat template end-of-turn token too (e.g. ``<|eot_id|>`` for llama3 on a
+        tokenizer whose EOS is another token), as well as on the tokenizer's EOS."""
+        stop = list(getattr(data, "stop_token_ids", None) or [])
+        if stop:
+            self.engine.set_stop_tokens(stop)
+
+    def flops_per_token(self) -> None:
+        return None  # generation dominates and is not counted: no MFU for RL steps
+
     # ------------------------------------------------------------------ reference policy
     @property
     def uses_adapters(self) -> bool:
         return _find_peft(self.model) is not None
 
-    def build_tools(self) -> None:
+    def bind_run_loader(self, load_run: Any) -> None:
+        """``medlab.contracts.UsesRuns``: how to load the bi-encoder/reranker runs the search tools use."""
+        self.load_run = load_run
+
+    def build_tools(self, load_run: Any = None) -> None:
         if self.tools_config and self.tools is None:
             from medlab.rl.agent import build_tools
 
-            self.tools, self._passages = build_tools(self.tools_config)
+            load_run = load_run or self.load_run
+            if load_run is None:
+                raise ValueError("objective.tools needs a run loader: call bind_run_loader(medlab.evaluation.load_run) "
+                                 "(the runner does) or pass load_run to build_tools")
+            self.tools, self._passages = build_tools(self.tools_config, load_run)
 
     def on_fit_start(self) -> None:
         self.build_tools()
@@ -299,6 +344,9 @@ class GRPOPolicy(L.LightningModule):
         scores = score_answers(batch["prompts"], ro.texts, batch["fields"], self.rewards)
         scores["completion_length"] = float(ro.completion_lengths.float().mean())
         return {k: torch.tensor(v, device=self.device, dtype=torch.float32) for k, v in scores.items()}
+
+    def validation_metrics(self, metrics: dict) -> dict:
+        return metrics  # val/reward, val/accuracy, ... are per-batch means already
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):

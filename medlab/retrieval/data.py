@@ -5,22 +5,25 @@
     counts = data.setup(tokenizer)      # read -> normalize -> examples; kept/dropped counts
     batch = data.collate(data.train_dataset[:8])
 
-Rows are turned into examples by the pure functions of `medlab.retrieval.rows`; tokenization happens in
-`collate` (texts are short, and a tokenizer call per batch is cheaper than caching token lists).
+Reading, bad rows and the held-out query groups are the skeleton every data source shares
+(`medlab.data.source`); the formats (pairs, groups, triples) are registered normalizers and the examples pure
+functions (`medlab.retrieval.rows`). Tokenization happens in `collate` (texts are short, and a tokenizer call
+per batch is cheaper than caching token lists).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from medlab.data.errors import DataError, bad_row_problems, describe_bad_rows
-from medlab.data.readers import as_path_list, check_exists, read_located
+from medlab.data import registry
+from medlab.data import source as S
+from medlab.data.errors import BadRows, DataError, bad_row_problems
+from medlab.data.readers import FileRecords, as_path_list, read_located
 from medlab.data.split import held_out_count, split_option_problems
 from medlab.retrieval import rows as R
 
@@ -51,10 +54,12 @@ class RetrievalData:
             ([CLS] q [SEP] d [SEP] for BERT) or ``"Query: {query}\\nDocument: {doc}"`` without a SEP token.
         image_root: directory relative image paths are resolved against (default: the data file's directory).
         on_bad_row: ``error`` (raise, listing every bad row with file, line/row and field) or ``skip`` (drop,
-            counted as ``dropped_<reason>``; lines that do not parse at all are ``dropped_unparsable``).
+            counted as ``bad_row/<reason>``; lines that do not parse at all are ``bad_row/unparsable``).
         limit / val_limit: first N rows only (smoke tests).
         group_by_length: batch examples of similar length together (less padding; batch order stays random).
     """
+
+    kind: ClassVar[str] = "retrieval"  # medlab.contracts.DataSource
 
     def __init__(self, path: Any, val_path: Any = None, *, task: str = "bi_encoder", format: str = "auto",
                  fields: Mapping[str, str] | None = None, query_prefix: str = "", doc_prefix: str = "",
@@ -89,39 +94,22 @@ class RetrievalData:
         """Every problem found without a tokenizer: options, then every file read and every row checked as
         setup would (with ``on_bad_row=error`` each bad row is a problem). Sets ``val_size``."""
         problems = self._option_problems()
-        if problems and any(p.startswith(("data.task", "data.format")) for p in problems):
+        if any(p.startswith(("data.task", "data.format")) for p in problems):
             return problems + self._read_problems_only()
-        loaded = {}
-        for split, paths, limit in (("train", self.paths, self.limit), ("val", self.val_paths, self.val_limit)):
-            if not paths:
-                continue
-            units, counts, file_problems, errors = self._load(paths, limit, split)
-            problems += file_problems
-            if errors.bad and self.on_bad_row != "skip":
-                problems += bad_row_problems(errors.bad)
-            elif not file_problems:
-                examples = self._examples(units, {}, split, train=split == "train", quiet=True)
-                if split == "train" and not examples:
-                    problems.append(f"no training examples left from {[str(p) for p in paths]} (counts: {counts})")
-                loaded[split] = units
-        if self.val_paths:
-            self.val_size = len({u["group"] for u in loaded["val"]}) if "val" in loaded else None
-        elif "train" in loaded:
-            self.val_size = self._val_count(len({u["group"] for u in loaded["train"]}))
-        return problems
+        splits = [(split, lambda paths=paths, limit=limit: S.load_files(paths, limit, self._normalize_file))
+                  for split, paths, limit in (("train", self.paths, self.limit), ("val", self.val_paths, self.val_limit))
+                  if paths]
+        found, sizes = S.check_splits(splits, self.on_bad_row, left=self._nothing_left, size=_n_groups)
+        self.val_size = S.validation_size(sizes, bool(self.val_paths), self._val_count)
+        return problems + found
 
     def _option_problems(self) -> list[str]:
-        problems = []
-        if self.task not in TASKS:
-            problems.append(f"data.task={self.task!r} is not one of {', '.join(TASKS)}")
-        if self.format not in ("auto", *R.FORMATS):
-            problems.append(f"data.format={self.format!r} is not one of auto, {', '.join(R.FORMATS)}")
-        if self.on_bad_row not in ("error", "skip"):
-            problems.append(f"data.on_bad_row={self.on_bad_row!r} is not one of error, skip")
-        for name in ("max_length", "query_max_length", "batch_size", "val_batch_size"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                problems.append(f"data.{name} must be a positive integer, got {v!r}")
+        problems = S.choice_problems({"task": (self.task, TASKS),
+                                      "format": (self.format, ("auto", *registry.names("retrieval"))),
+                                      "on_bad_row": (self.on_bad_row, S.ON_BAD_ROW)})
+        problems += S.positive_problems({name: getattr(self, name) for name in
+                                         ("max_length", "query_max_length", "batch_size", "val_batch_size")})
+        problems += S.positive_problems({"limit": self.limit, "val_limit": self.val_limit}, optional=True)
         if self.num_negatives is not None and not (isinstance(self.num_negatives, int) and self.num_negatives >= 0):
             problems.append(f"data.num_negatives must be null or an integer >= 0, got {self.num_negatives!r}")
         if self.group_size is not None and not (isinstance(self.group_size, int) and self.group_size >= 2):
@@ -153,6 +141,14 @@ class RetrievalData:
             return 0
         return held_out_count(n_groups, float(self.val_split), self.val_split_min, self.val_split_max)
 
+    def _nothing_left(self, split: str, loaded: S.Loaded) -> str | None:
+        """validate(): train rows that give no example (e.g. no query with a positive)."""
+        if split != "train" or loaded.problems:
+            return None
+        if self._examples(loaded.rows or [], {}, split, train=True, quiet=True):
+            return None
+        return f"no training examples left from {[str(p) for p in self.paths]} (counts: {{'train/rows': {loaded.read}}})"
+
     def _file_problems(self, path: Path, columns: list[str], first: dict | None) -> tuple[list[str], dict, str | None]:
         """Problems of one file's columns: (problems, canonical -> column mapping, format)."""
         problems = [f"{path}: {p}" for p in R.field_problems(columns, self.fields)]
@@ -165,83 +161,43 @@ class RetrievalData:
             problems.append(f"{path}: triples with a score but no label need data.label_threshold")
         return problems, mapped, fmt
 
+    def _normalize_file(self, read: FileRecords) -> tuple[list[dict] | None, list[str], list]:
+        """One file's records -> judged units (`medlab.retrieval.rows`): (units, file problems, bad rows)."""
+        records = read.dataset.to_list()
+        problems, mapped, fmt = self._file_problems(read.path, read.dataset.column_names, records[0])
+        if problems:
+            return None, problems, []
+        errors = BadRows()
+        units = R.normalize_rows(records, mapped, fmt, path=str(read.path), errors=errors,
+                                 score_range=self.score_range, label_threshold=self.label_threshold,
+                                 image_root=self.image_root or str(Path(read.path).parent), numbers=read.numbers,
+                                 unit=read.unit)
+        return units, [], errors.bad
+
     # ----------------------------------------------------------------------------------- setup
     def setup(self, tokenizer: Any) -> dict[str, int]:
         """Read and normalize every file; returns kept/dropped counts (logged)."""
-        problems = self._option_problems()
-        for path in self.paths + self.val_paths:
-            try:
-                check_exists(path)
-            except DataError as e:
-                problems.append(str(e))
-        if problems:
-            raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
+        S.raise_config_problems(self._option_problems(), self.paths + self.val_paths)
         self.tokenizer = tokenizer
         counts: dict[str, int] = {}
         units = self._units(self.paths, self.limit, counts, "train")
-        val_units = self._units(self.val_paths, self.val_limit, counts, "val") if self.val_paths else []
-        if not val_units and not self.val_paths:
+        val_units = self._units(self.val_paths, self.val_limit, counts, "val") if self.val_paths else None
+        if not self.val_paths:  # hold out whole queries
             n_val = self._val_count(len({u["group"] for u in units}))
-            if n_val:
-                units, val_units = _hold_out(units, n_val, self.seed)
+            units, val_units = S.split_off(units, n_val, self.seed, group=lambda u: u["group"])
         self.train_dataset = self._examples(units, counts, "train", train=True)
         self.val_dataset = self._examples(val_units, counts, "val", train=False) if val_units else None
         if not self.train_dataset:
             raise DataError(f"no training examples left from {[str(p) for p in self.paths]} (counts: {counts})")
         if self.val_dataset is None:
-            log.warning("retrieval data: no validation queries (data.val_path is not set and data.val_split=%s holds "
-                        "out none): nothing is validated, so a val/ metric stays NaN", self.val_split)
+            S.warn_no_validation("retrieval data", "queries", self.val_split)
         self.has_images = any(e.get("image") or e.get("query_image") for e in self.train_dataset + (self.val_dataset or []))
         log.info("retrieval data (%s): %s", self.task, ", ".join(f"{k}={v}" for k, v in counts.items()))
         return counts
 
-    def _load(self, paths: list[Path], limit: int | None, split: str
-              ) -> tuple[list[dict], dict[str, int], list[str], R.RowErrors]:
-        """Read and normalize one split's files: (units, counts, file problems, bad rows); no policy applied."""
-        units: list[dict] = []
-        counts: dict[str, int] = {}
-        problems: list[str] = []
-        errors = R.RowErrors()
-        n_records = 0
-        for path in paths:
-            remaining = max(limit - n_records, 0) if limit else None
-            if remaining == 0:
-                break
-            try:
-                read = read_located(path, limit=remaining)
-            except DataError as e:
-                problems.append(str(e))
-                continue
-            errors.extend(read.unparsable)
-            records = read.dataset.to_list()
-            n_records += len(records)
-            counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
-            if not records:
-                continue  # nothing parsed: the unparsable lines say why
-            file_problems, mapped, fmt = self._file_problems(path, read.dataset.column_names, records[0])
-            if file_problems:
-                problems += file_problems
-                continue
-            root = self.image_root or str(Path(path).parent)
-            units += R.normalize_rows(records, mapped, fmt, path=str(path), errors=errors, score_range=self.score_range,
-                                      label_threshold=self.label_threshold, image_root=root, numbers=read.numbers,
-                                      unit=read.unit)
-        return units, counts, problems, errors
-
     def _units(self, paths: list[Path], limit: int | None, counts: dict, split: str) -> list[dict]:
-        units, split_counts, problems, errors = self._load(paths, limit, split)
-        for k, v in split_counts.items():
-            counts[k] = counts.get(k, 0) + v
-        if problems:
-            raise DataError("invalid data:\n  - " + "\n  - ".join(problems))
-        if errors.bad:
-            if self.on_bad_row == "error":
-                raise DataError(describe_bad_rows(errors.bad))
-            for reason, n in errors.counts.items():
-                counts[f"{split}/dropped_{reason}"] = n
-            log.warning("%s: dropped %d bad rows: %s (e.g. %s)", split, len(errors.bad), dict(errors.counts),
-                        errors.bad[0])
-        return units
+        loaded = S.load_files(paths, limit, self._normalize_file)
+        return S.take(loaded, split, self.on_bad_row, counts, read_key="rows") or []
 
     def _examples(self, units: list[dict], counts: dict, split: str, train: bool, quiet: bool = False) -> list[dict]:
         if self.task == "bi_encoder":
@@ -356,9 +312,5 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, append_e
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def _hold_out(units: list[dict], n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split off ``n_val`` query groups (no query in both splits), with a fixed seed."""
-    groups = sorted({u["group"] for u in units})
-    random.Random(seed).shuffle(groups)
-    val = set(groups[:n_val])
-    return [u for u in units if u["group"] not in val], [u for u in units if u["group"] in val]
+def _n_groups(units: list[dict]) -> int:
+    return len({u["group"] for u in units})

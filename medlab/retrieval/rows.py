@@ -19,7 +19,9 @@ Examples produced:
 - cross-encoder pointwise: ``{query, doc, label, grade, group, image, row}``, one per judged pair.
 - cross-encoder groups: ``{query, docs: [positive, negatives...], group, row}`` of a fixed size.
 
-Every problem is reported with the file, where in it (``FILE line N`` for line-oriented files such as
+The formats are registered normalizers (`medlab.data.registry`, kind ``retrieval``): each turns one record
+(canonical names) into a judged unit ``{query, query_image, docs: [(text, image, label, grade)], group}``; the
+examples are built from units. Every problem is reported with the file, where in it (``FILE line N`` for line-oriented files such as
 ``.jsonl``/``.csv``, ``FILE row N`` for records of ``.json`` lists, parquet or saved datasets; both 1-based,
 see `medlab.data.errors`) and the field (the source column).
 
@@ -30,34 +32,28 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medlab.data.errors import BadRow, record_location
+from medlab.data import fields as F
+from medlab.data import registry
+from medlab.data import source as S
+from medlab.data.errors import BadRows, RowProblem, RowProblems, record_location
+from medlab.data.registry import Format, register
 
 CANONICAL = ("query", "positive", "negatives", "doc", "label", "score", "group", "image", "query_image")
-FORMATS = ("pairs", "groups", "triples")
 ALIASES = {"query": ("question", "anchor", "sentence1"), "positive": ("pos", "answer", "sentence2"),
            "negatives": ("negative", "neg", "hard_negatives"), "doc": ("document", "passage", "text"),
            "group": ("qid", "query_id"), "score": ("judgment", "relevance")}
+RowErrors = BadRows  # the bad-row collector every data source shares (`medlab.data.errors.BadRows`)
 
 
 def resolve_fields(columns: Sequence[str], fields: Mapping[str, str] | None) -> dict[str, str]:
     """canonical name -> source column: explicit ``fields`` first, then the same name, then common aliases
-    (a null ``fields`` value is not a mapping)."""
+    (a null ``fields`` value is not a mapping; `medlab.data.fields.resolve`)."""
     fields = dict(fields or {})
-    out: dict[str, str] = {}
-    for name in CANONICAL:
-        if fields.get(name):
-            out[name] = fields[name]
-        elif name in columns:
-            out[name] = name
-        else:
-            alias = next((a for a in ALIASES.get(name, ()) if a in columns and a not in fields.values()), None)
-            if alias:
-                out[name] = alias
+    out = F.resolve(columns, fields, CANONICAL, ALIASES)
     # `answer` is the positive for pairs, the doc for triples (rows with a label or score): never both.
     judged = any(k in out for k in ("label", "score"))
     if judged and "positive" in out and not fields.get("positive") and out["positive"] in ALIASES["positive"]:
@@ -72,53 +68,19 @@ def resolve_fields(columns: Sequence[str], fields: Mapping[str, str] | None) -> 
 
 
 def field_problems(columns: Sequence[str], fields: Mapping[str, str] | None) -> list[str]:
-    out = []
-    for name, col in (fields or {}).items():
-        if name not in CANONICAL:
-            out.append(f"data.fields.{name}: unknown field (known: {', '.join(CANONICAL)})")
-        elif col and col not in columns:
-            out.append(f"data.fields.{name}={col!r}: no such column (columns: {', '.join(columns)})")
-    return out
+    return F.problems(columns, fields, CANONICAL)
 
 
 def detect_format(mapped: Mapping[str, str], first_row: Mapping[str, Any] | None = None) -> str | None:
-    if "query" not in mapped:
-        return None
-    if "positive" in mapped:
-        value = (first_row or {}).get(mapped["positive"])
-        return "groups" if isinstance(value, list) else "pairs"
-    if "image" in mapped and "doc" not in mapped:
-        return "pairs"  # the document is the image (text -> image retrieval)
-    if "doc" in mapped and ("label" in mapped or "score" in mapped):
-        return "triples"
-    return None
+    """The format of a file from its mapped columns (and its first record, source names), or None."""
+    first = S.canonical_record(first_row, mapped) if first_row is not None else None
+    return registry.detect("retrieval", mapped, first)
 
 
 def doc_key(text: str, image: str | None = None) -> int:
     """A stable 63-bit id for a document (its text and image), equal across processes and runs."""
     h = hashlib.blake2b(f"{text}\x00{image or ''}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-class RowErrors:
-    """Collects bad rows (where, field, why) so all of them are reported at once, or counted when skipped."""
-
-    def __init__(self) -> None:
-        self.bad: list[BadRow] = []
-        self.counts: dict[str, int] = defaultdict(int)
-
-    @property
-    def items(self) -> list[str]:
-        return [str(b) for b in self.bad]
-
-    def add(self, where: str, field: str | None, why: str, reason: str) -> None:
-        """One bad row at ``where`` (``"FILE line N"`` / ``"FILE row N"``, see `medlab.data.errors.located`)."""
-        self.bad.append(BadRow(where, field, why, reason))
-        self.counts[reason] += 1
-
-    def extend(self, bad: Sequence[BadRow]) -> None:
-        for b in bad:
-            self.add(b.where, b.field, b.message, b.reason)
 
 
 def _text(value: Any) -> str | None:
@@ -134,93 +96,132 @@ def _image(value: Any, image_root: str | None) -> str | None:
     return str(p if p.is_absolute() or not image_root else Path(image_root) / p)
 
 
-def normalize_rows(records: Sequence[Mapping[str, Any]], mapped: Mapping[str, str], fmt: str, *, path: str,
-                   errors: RowErrors, score_range: Sequence[float] | None = None, label_threshold: float | None = None,
-                   image_root: str | None = None, check_images: bool = True,
-                   numbers: Sequence[int] | None = None, unit: str = "line") -> list[dict]:
-    """Source records -> judged units ``{query, docs: [(text, image, label, grade)], group, query_image, row}``.
+# ---------------------------------------------------------------------------------------------- formats
 
-    ``label`` is in [0, 1] (1 = relevant); ``grade`` >= 0 is the NDCG gain (``score - score_range[0]``, or the
-    label). A score becomes a label by ``score >= label_threshold``. Bad rows are recorded in ``errors``, named
-    ``path line N`` / ``path row N`` from ``numbers`` (each record's 1-based position in the file, in ``unit``s:
-    ``readers.FileRecords``) or else ``path row N`` (N = index + 1).
-    ``row`` of a unit is the record's 0-based index in ``records``.
-    """
-    out = []
-    get = {name: mapped.get(name) for name in CANONICAL}
+
+def _unit(row: Mapping[str, Any], docs, *, image_root: str | None = None, check_images: bool = True,
+          **options: Any) -> dict:
+    """The part every retrieval format shares: query, images, group; ``docs(row, image, problems, **options)``
+    gives the judged documents."""
+    query = _text(row.get("query"))
+    if not query:
+        raise RowProblem("query", "empty_query", "empty or missing query text")
+    problems: list[RowProblem] = []
+    q_image = _image(row.get("query_image"), image_root)
+    image = _image(row.get("image"), image_root)
+    for name, img in (("query_image", q_image), ("image", image)):
+        if img and check_images and not Path(img).is_file():
+            problems.append(RowProblem(name, "missing_image", f"image file not found: {img}"))
+    judged = docs(row, image, problems, **options)
+    if problems:
+        raise RowProblems(problems)
+    group = row.get("group")
+    return {"query": query, "query_image": q_image, "docs": judged,
+            "group": str(group) if group is not None else query}
+
+
+def _positive_docs(row, image, problems, **_) -> list[tuple[str, str | None, float, float]]:
+    pos = row.get("positive")
+    positives = [t for t in (_text(p) for p in (pos if isinstance(pos, list) else [pos])) if t]
+    if not positives and not image:
+        problems.append(RowProblem("positive", "no_positive", "no positive document (empty or missing)"))
+    docs = [(t, image, 1.0, 1.0) for t in positives] or ([("", image, 1.0, 1.0)] if image else [])
+    negs = row.get("negatives")
+    if negs is not None and not isinstance(negs, list):
+        negs = [negs]
+    return docs + [(t, None, 0.0, 0.0) for t in (_text(n) for n in (negs or [])) if t]
+
+
+def _judged_docs(row, image, problems, *, score_range: Sequence[float] | None = None,
+                 label_threshold: float | None = None, **_) -> list[tuple[str, str | None, float, float]]:
+    doc = _text(row.get("doc"))
+    if not doc and not image:
+        problems.append(RowProblem("doc", "empty_doc", "empty or missing document text"))
+    try:
+        label, grade = _judgment(row, score_range, label_threshold)
+    except RowProblem as problem:
+        problems.append(problem)
+        return []
+    return [(doc or "", image, label, grade)]
+
+
+def _judgment(row, score_range, threshold) -> tuple[float, float]:
     lo, hi = (float(score_range[0]), float(score_range[1])) if score_range else (None, None)
-    for i, rec in enumerate(records):
-        row_errors = len(errors.bad)
-        where = record_location(path, i, numbers, unit)
-        query = _text(rec.get(get["query"])) if get["query"] else None
-        if not query:
-            errors.add(where, get["query"] or "query", "empty or missing query text", "empty_query")
-            continue
-        q_image = _image(rec.get(get["query_image"]), image_root) if get["query_image"] else None
-        image = _image(rec.get(get["image"]), image_root) if get["image"] else None
-        for name, img in (("query_image", q_image), ("image", image)):
-            if img and check_images and not Path(img).is_file():
-                errors.add(where, get[name], f"image file not found: {img}", "missing_image")
-        docs: list[tuple[str, str | None, float, float]] = []
-        if fmt in ("pairs", "groups"):
-            pos = rec.get(get["positive"])
-            positives = pos if isinstance(pos, list) else [pos]
-            positives = [t for t in (_text(p) for p in positives) if t]
-            if not positives and not image:
-                errors.add(where, get["positive"], "no positive document (empty or missing)", "no_positive")
-            docs += [(t, image, 1.0, 1.0) for t in positives] or ([("", image, 1.0, 1.0)] if image else [])
-            negs = rec.get(get["negatives"]) if get["negatives"] else None
-            if negs is not None and not isinstance(negs, list):
-                negs = [negs]
-            for t in (_text(n) for n in (negs or [])):
-                if t:
-                    docs.append((t, None, 0.0, 0.0))
-        else:
-            doc = _text(rec.get(get["doc"]))
-            if not doc and not image:
-                errors.add(where, get["doc"], "empty or missing document text", "empty_doc")
-            label, grade = _judgment(rec, get, where, errors, lo, hi, label_threshold)
-            if label is not None:
-                docs.append((doc or "", image, label, grade))
-        if len(errors.bad) > row_errors:
-            continue
-        group = rec.get(get["group"]) if get["group"] else None
-        out.append({"query": query, "query_image": q_image, "docs": docs,
-                    "group": str(group) if group is not None else query, "row": i})
-    return out
-
-
-def _judgment(rec, get, where, errors, lo, hi, threshold) -> tuple[float | None, float]:
-    label = rec.get(get["label"]) if get["label"] else None
-    score = rec.get(get["score"]) if get["score"] else None
+    label, score = row.get("label"), row.get("score")
     if score is not None:
         try:
             score = float(score)
         except (TypeError, ValueError):
-            errors.add(where, get["score"], f"score {score!r} is not a number", "bad_score")
-            return None, 0.0
+            raise RowProblem("score", "bad_score", f"score {score!r} is not a number") from None
         if math.isnan(score):  # an empty cell in a csv/parquet file
-            errors.add(where, get["score"], "score is missing (NaN)", "bad_score")
-            return None, 0.0
+            raise RowProblem("score", "bad_score", "score is missing (NaN)")
         if lo is not None and not lo <= score <= hi:
-            errors.add(where, get["score"], f"score {score} is outside data.score_range [{lo}, {hi}]", "bad_score")
-            return None, 0.0
+            raise RowProblem("score", "bad_score", f"score {score} is outside data.score_range [{lo}, {hi}]")
     if label is not None:
         try:
             label = float(label)
         except (TypeError, ValueError):
             label = None
         if label is None or not 0.0 <= label <= 1.0:
-            errors.add(where, get["label"], f"label {rec.get(get['label'])!r} is outside [0, 1]", "bad_label")
-            return None, 0.0
+            raise RowProblem("label", "bad_label", f"label {row.get('label')!r} is outside [0, 1]")
     elif score is not None and threshold is not None:
         label = 1.0 if score >= threshold else 0.0
     if label is None:
-        errors.add(where, get["label"] or get["score"] or "label",
-                   "no label (set data.label_threshold to derive it from the score)", "bad_label")
-        return None, 0.0
+        field = "label" if "label" in row or "score" not in row else "score"
+        raise RowProblem(field, "bad_label", "no label (set data.label_threshold to derive it from the score)")
     grade = score - (lo if lo is not None else 0.0) if score is not None else label
     return label, max(grade, 0.0)
+
+
+def pairs_unit(row: Mapping[str, Any], **options: Any) -> dict:
+    """``pairs`` / ``groups``: query, positive (a text, or a list of texts)[, negatives][, image]."""
+    return _unit(row, _positive_docs, **options)
+
+
+def triples_unit(row: Mapping[str, Any], **options: Any) -> dict:
+    """``triples``: query, doc, label and/or score[, group] (one judged pair per row)."""
+    return _unit(row, _judged_docs, **options)
+
+
+def _listed(first: Mapping[str, Any] | None) -> bool:
+    return isinstance((first or {}).get("positive"), list)
+
+
+RETRIEVAL = ("retrieval",)
+_REGISTERED = [
+    register(Format("pairs", RETRIEVAL, (("query",), ("positive", "image")),
+                    lambda c, first=None: "query" in c and ("positive" in c or ("image" in c and "doc" not in c)),
+                    pairs_unit, row="judged", order=20)),
+    register(Format("groups", RETRIEVAL, (("query",), ("positive",)),
+                    lambda c, first=None: "query" in c and "positive" in c and _listed(first), pairs_unit,
+                    row="judged", order=10)),
+    register(Format("triples", RETRIEVAL, (("query",), ("doc",), ("label", "score")),
+                    lambda c, first=None: "query" in c and "doc" in c and bool(c & {"label", "score"}),
+                    triples_unit, row="judged", order=30)),
+]
+FORMATS = tuple(f.name for f in _REGISTERED)
+
+
+def normalize_rows(records: Sequence[Mapping[str, Any]], mapped: Mapping[str, str], fmt: str, *, path: str,
+                   errors: BadRows, score_range: Sequence[float] | None = None, label_threshold: float | None = None,
+                   image_root: str | None = None, check_images: bool = True,
+                   numbers: Sequence[int] | None = None, unit: str = "line") -> list[dict]:
+    """Source records -> judged units ``{query, query_image, docs: [(text, image, label, grade)], group, row}``.
+
+    ``label`` is in [0, 1] (1 = relevant); ``grade`` >= 0 is the NDCG gain (``score - score_range[0]``, or the
+    label). A score becomes a label by ``score >= label_threshold``. Bad rows are recorded in ``errors``, named
+    ``path line N`` / ``path row N`` from ``numbers`` (each record's 1-based position in the file, in ``unit``s:
+    ``readers.FileRecords``) or else ``path row N`` (N = index + 1), and by the source column.
+    ``row`` of a unit is the record's 0-based index in ``records``.
+    """
+    spec = registry.get(fmt)
+    options = {"score_range": score_range, "label_threshold": label_threshold, "image_root": image_root,
+               "check_images": check_images}
+    good, bad = S.normalize_records(
+        records, lambda rec: spec.normalize(S.canonical_record(rec, mapped), **options),
+        lambda i: record_location(path, i, numbers, unit), lambda field: (mapped.get(field) or field, None))
+    errors.extend(bad)
+    return [{**u, "row": i} for i, u in good]
 
 
 def merge_units(units: list[dict]) -> list[dict]:

@@ -30,8 +30,11 @@ from medlab.rl.tools import Tool, collate_tool_rollouts, run_tool_loop
 log = logging.getLogger(__name__)
 
 
-def build_tools(config: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Tool], dict[str, Passage]]:
-    """Tools from ``objective.tools``; also every indexed passage by id (to turn observed ids into texts)."""
+def build_tools(config: Mapping[str, Mapping[str, Any]], load_run: Any = None
+                ) -> tuple[dict[str, Tool], dict[str, Passage]]:
+    """Tools from ``objective.tools``; also every indexed passage by id (to turn observed ids into texts).
+    ``load_run`` loads the bi-encoder / reranker runs the search tools use (``medlab.evaluation.load_run``,
+    handed down by the runner: medlab.rl does not import the layers above it)."""
     from medlab.data.readers import read_records
 
     tools: dict[str, Tool] = {}
@@ -48,7 +51,8 @@ def build_tools(config: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Tool
             found = [Passage(p.id, p.text, images.get(p.id.rsplit("-", 1)[0])) for p in found]
         if corpus.get("limit"):
             found = found[: int(corpus["limit"])]
-        index = SearchIndex.from_run(spec.get("run_dir"), found, overrides=list(spec.get("overrides") or []),
+        index = SearchIndex.from_run(spec.get("run_dir"), found, load_run=load_run,
+                                     overrides=list(spec.get("overrides") or []),
                                      reranker_run=spec.get("reranker_run"),
                                      rerank_depth=int(spec.get("rerank_depth", 20)))
         tools[name] = search_tool(index, name, k=int(spec.get("k", 3)), max_chars=int(spec.get("max_chars", 400)))

@@ -24,6 +24,10 @@ naming the file, where (``FILE line N`` in a .jsonl/.csv, ``FILE row N`` for .js
 (``on_bad_row=skip``). A null ``fields`` value means "not mapped" (the aliases are tried). Prompts longer
 than ``max_prompt_length`` tokens are dropped and counted.
 
+Reading, bad rows and the validation split are the skeleton every data source shares (`medlab.data.source`);
+the rows are checked by the registered ``qa`` format (`medlab.data.prompt_rows`). Skipped bad rows are counted
+as ``bad_row/<reason>`` (``bad_<field>``, ``unparsable``), too-long prompts as ``dropped/too_long``.
+
 Batches (``collate``) are **left**-padded for generation: ``input_ids [B, P]``, ``attention_mask [B, P]``,
 plus ``prompt_ids`` (the unpadded token lists), ``prompts`` (rendered text), ``fields`` (column -> list),
 ``ids`` and ``num_tokens``.
@@ -31,128 +35,47 @@ plus ``prompt_ids`` (the unpadded token lists), ``prompts`` (rendered text), ``f
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from medlab.data.errors import BadRow, DataError, bad_row_problems, describe_bad_rows, record_location
-from medlab.data.readers import as_path_list, check_exists, read_located
+from medlab.data import fields as F
+from medlab.data import source as S
+from medlab.data.errors import DataError, RowProblem, record_location  # noqa: F401  (RowProblem: re-exported)
+from medlab.data.prompt_rows import (  # noqa: F401  (re-exported: the prompt format's public names)
+    ALIASES,
+    CANONICAL,
+    LETTERS,
+    format_contexts,
+    format_options,
+    normalize_answer,
+    normalize_options,
+    qa_row,
+)
+from medlab.data.readers import FileRecords, as_path_list
 from medlab.data.split import held_out_count, split_option_problems
 from medlab.data.templates import TEMPLATE_NAMES, get_template
 
 log = logging.getLogger(__name__)
 
-CANONICAL = ("question", "options", "answer", "contexts")
-ALIASES = {"question": ("question", "query", "prompt", "problem", "Question"),
-           "options": ("options", "choices", "Options"),
-           "answer": ("answer", "answer_idx", "final_decision", "label", "Answer"),
-           "contexts": ("contexts", "context", "passages")}
-LETTERS = "ABCDEFGHIJ"
 DEFAULT_SYSTEM_PROMPT = ("Answer the medical question. Think briefly if needed, then give only the final answer "
                          "inside <answer></answer> tags, e.g. <answer>B</answer>.")
 DEFAULT_QUESTION_TEMPLATE = "{contexts}{question}{options}"
 
 
 def resolve_fields(columns: Sequence[str], fields: Mapping[str, str] | None) -> dict[str, str]:
-    """canonical name -> source column: an explicit ``fields`` entry, else the first alias present."""
-    fields = dict(fields or {})
-    out = {}
-    for name in CANONICAL:
-        if fields.get(name):
-            out[name] = fields[name]
-        else:
-            col = next((a for a in ALIASES[name] if a in columns and a not in fields.values()), None)
-            if col:
-                out[name] = col
-    return out
+    """canonical name -> source column: an explicit ``fields`` entry, else the same name or the first free alias
+    (`medlab.data.fields.resolve`)."""
+    return F.resolve(columns, fields, CANONICAL, ALIASES)
 
 
 def field_problems(columns: Sequence[str], fields: Mapping[str, str] | None) -> list[str]:
-    out = []
-    for name, col in (fields or {}).items():
-        if name not in CANONICAL:
-            out.append(f"data.fields.{name}: unknown field (known: {', '.join(CANONICAL)})")
-        elif col and col not in columns:
-            out.append(f"data.fields.{name}={col!r}: no such column (columns: {', '.join(columns)})")
+    out = F.problems(columns, fields, CANONICAL)
     if not (fields or {}).get("question") and not any(a in columns for a in ALIASES["question"]):
         out.append(f"no question column among {list(columns)}: map one with data.fields.question=COLUMN")
     return out
-
-
-class RowProblem(ValueError):
-    def __init__(self, field: str, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field, reason
-
-
-def normalize_options(value: Any) -> dict[str, str] | None:
-    """Options as ``{letter: text}``: a dict (keys A-J, any case, sorted) or a list (letters by position)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" or value == {} or value == []:
-        return None
-    if isinstance(value, str):  # a CSV cell holding JSON
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RowProblem("options", f"options must be a dict or a list, got the string {value[:60]!r}") from None
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            key = str(k).strip().upper()
-            if len(key) != 1 or key not in LETTERS:
-                raise RowProblem("options", f"option key {k!r} is not a letter A-{LETTERS[-1]}")
-            if v is None or not str(v).strip():
-                raise RowProblem("options", f"option {key} is empty")
-            out[key] = str(v).strip()
-        return dict(sorted(out.items()))
-    if isinstance(value, Sequence):
-        if len(value) > len(LETTERS):
-            raise RowProblem("options", f"{len(value)} options; at most {len(LETTERS)} are supported")
-        if any(v is None or not str(v).strip() for v in value):
-            raise RowProblem("options", "an option is empty")
-        return {LETTERS[i]: str(v).strip() for i, v in enumerate(value)}
-    raise RowProblem("options", f"options must be a dict or a list, got {type(value).__name__}")
-
-
-def normalize_answer(value: Any, options: dict[str, str] | None) -> str | list[str] | None:
-    """The gold answer: with options, an option letter (a letter, "(B)", "B." or an option's text); without, the
-    string (or list of strings) as given. None when the row has no answer."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if options is None:
-        if isinstance(value, (list, tuple)):
-            golds = [str(v).strip() for v in value if v is not None and str(v).strip()]
-            return golds or None
-        text = str(value).strip()
-        return text or None
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(options):
-        return list(options)[value]  # an index into the options
-    text = str(value).strip()
-    letter = text.strip("()[]. :").upper()
-    if len(letter) == 1 and letter in options:
-        return letter
-    for key, opt in options.items():
-        if text.lower() == opt.lower():
-            return key
-    raise RowProblem("answer", f"answer {text[:60]!r} is not among the options ({', '.join(options)})")
-
-
-def format_options(options: dict[str, str] | None) -> str:
-    return "" if not options else "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
-
-
-def format_contexts(contexts: Any, max_contexts: int | None) -> str:
-    if not contexts:
-        return ""
-    items = [contexts] if isinstance(contexts, str) else [str(c) for c in contexts if c]
-    if max_contexts is not None:
-        items = items[:max_contexts]
-    return "Context:\n" + "\n".join(items) + "\n\nQuestion: " if items else ""
 
 
 class PromptData:
@@ -172,6 +95,9 @@ class PromptData:
         on_bad_row: ``error`` (raise, listing the bad rows by file/row/field) or ``skip`` (drop, counted).
         limit / val_limit: first N rows only.
     """
+
+    kind: ClassVar[str] = "prompts"  # medlab.contracts.DataSource
+    group_by_length = False
 
     def __init__(self, path: Any, val_path: Any = None, *, val_split: float = 0.0, val_split_min: int = 1,
                  val_split_max: int | None = None, fields: Mapping[str, str] | None = None,
@@ -203,39 +129,20 @@ class PromptData:
     def validate(self) -> list[str]:
         """Every problem found without a tokenizer: options, then every file read and every row checked as
         setup would (with ``on_bad_row=error`` each bad row is a problem); [] if none. Sets ``val_size``."""
-        problems = self._option_problems()
-        sizes = {}
-        for split, paths, limit in (("train", self.paths, self.limit), ("val", self.val_paths, self.val_limit)):
-            if not paths:
-                continue
-            rows, file_problems, bad = self._load(paths, limit, {}, split)
-            problems += file_problems
-            if bad and self.on_bad_row != "skip":
-                problems += bad_row_problems(bad)
-            elif not file_problems:
-                if split == "train" and not rows:
-                    problems.append(f"no training prompts left from {[str(p) for p in paths]}")
-                sizes[split] = len(rows)
-        if self.val_paths:
-            self.val_size = sizes.get("val")
-        elif "train" in sizes:
-            self.val_size = self._val_count(sizes["train"])
-        return problems
+        splits = [(split, lambda paths=paths, limit=limit: S.load_files(paths, limit, self._normalize_file))
+                  for split, paths, limit in (("train", self.paths, self.limit), ("val", self.val_paths, self.val_limit))
+                  if paths]
+        problems, sizes = S.check_splits(splits, self.on_bad_row, left=self._nothing_left)
+        self.val_size = S.validation_size(sizes, bool(self.val_paths), self._val_count)
+        return self._option_problems() + problems
 
     def _option_problems(self) -> list[str]:
-        problems = []
-        if self.template not in TEMPLATE_NAMES:
-            problems.append(f"data.template={self.template!r} is not one of {', '.join(TEMPLATE_NAMES)}")
-        if self.on_bad_row not in ("error", "skip"):
-            problems.append(f"data.on_bad_row={self.on_bad_row!r} is not one of error, skip")
-        for name in ("max_prompt_length", "batch_size", "val_batch_size"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                problems.append(f"data.{name} must be a positive integer, got {v!r}")
-        for name in ("limit", "val_limit", "max_contexts"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, int) and v >= 1):
-                problems.append(f"data.{name} must be a positive integer or null, got {v!r}")
+        problems = S.choice_problems({"template": (self.template, TEMPLATE_NAMES),
+                                      "on_bad_row": (self.on_bad_row, S.ON_BAD_ROW)})
+        problems += S.positive_problems({"max_prompt_length": self.max_prompt_length, "batch_size": self.batch_size,
+                                         "val_batch_size": self.val_batch_size})
+        problems += S.positive_problems({"limit": self.limit, "val_limit": self.val_limit,
+                                         "max_contexts": self.max_contexts}, optional=True)
         problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
         if "{question}" not in self.question_template:
             problems.append("data.question_template must contain {question}")
@@ -248,35 +155,30 @@ class PromptData:
             return 0
         return held_out_count(n_rows, float(self.val_split), self.val_split_min, self.val_split_max)
 
+    def _nothing_left(self, split: str, loaded: S.Loaded) -> str | None:
+        if split == "train" and not loaded.problems and not loaded.rows:
+            return f"no training prompts left from {[str(p) for p in self.paths]}"
+        return None
+
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, tokenizer: Any) -> dict[str, int]:
         """Read, check and render every row; returns kept/dropped counts (logged)."""
-        problems = self._option_problems()
-        for path in self.paths + self.val_paths:
-            try:
-                check_exists(path)
-            except DataError as e:
-                problems.append(str(e))
-        if problems:
-            raise DataError("invalid data config:\n  - " + "\n  - ".join(problems))
+        S.raise_config_problems(self._option_problems(), self.paths + self.val_paths)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise DataError("the tokenizer has neither a pad nor an EOS token to pad prompts with")
         chat = get_template(self.template, tokenizer)
         counts: dict[str, int] = {}
         rows = self._rows(self.paths, self.limit, counts, "train")
-        val_rows = self._rows(self.val_paths, self.val_limit, counts, "val") if self.val_paths else []
-        if not val_rows and not self.val_paths:
-            n_val = self._val_count(len(rows))
-            if n_val:
-                rows, val_rows = _hold_out(rows, n_val, self.seed)
+        val_rows = self._rows(self.val_paths, self.val_limit, counts, "val") if self.val_paths else None
+        if not self.val_paths:
+            rows, val_rows = S.split_off(rows, self._val_count(len(rows)), self.seed)
         self.train_dataset = self._examples(rows, tokenizer, chat, counts, "train")
         self.val_dataset = self._examples(val_rows, tokenizer, chat, counts, "val") if val_rows else None
         if not self.train_dataset:
             raise DataError(f"no training prompts left from {[str(p) for p in self.paths]} (counts: {counts})")
         if self.val_dataset is None:
-            log.warning("prompt data: no validation prompts (data.val_path is not set and data.val_split=%s holds "
-                        "out none): nothing is validated, so a val/ metric stays NaN", self.val_split)
+            S.warn_no_validation("prompt data", "prompts", self.val_split)
         self.counts = counts
         log.info("prompt data: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         return dict(counts)
@@ -284,83 +186,30 @@ class PromptData:
     def rows_from_records(self, records: list[dict], source: str = "<rows>") -> list[dict]:
         """Normalize in-memory records (the same checks as files, rows named ``SOURCE row N``; ``on_bad_row``
         applies)."""
-        counts: dict[str, int] = {}
-        rows, bad = self._normalize(records, source, counts, "eval")
-        return self._apply_policy(rows, bad, counts, "eval")
+        rows, bad = self._normalize(records, source)
+        return S.take(S.Loaded(rows, [], bad, len(records)), "eval", self.on_bad_row, {}, read_key="rows")
 
-    def _load(self, paths: list[Path], limit: int | None, counts: dict, split: str
-              ) -> tuple[list[dict], list[str], list[BadRow]]:
-        """Read and check one split's files: (good rows, file problems, bad rows); no policy applied."""
-        rows: list[dict] = []
-        problems: list[str] = []
-        bad: list[BadRow] = []
-        n_records = 0
-        for path in paths:
-            remaining = max(limit - n_records, 0) if limit else None
-            if remaining == 0:
-                break
-            try:
-                read = read_located(path, limit=remaining)
-            except DataError as e:
-                problems.append(str(e))
-                continue
-            bad += read.unparsable
-            records = read.dataset.to_list()
-            n_records += len(records)
-            if not records:
-                continue  # nothing parsed: the unparsable lines say why
-            file_problems = [f"{path}: {p}" for p in field_problems(read.dataset.column_names, self.fields)]
-            if file_problems:
-                problems += file_problems
-                continue
-            good, row_bad = self._normalize(records, str(path), counts, split, read.numbers, read.unit)
-            rows += good
-            bad += row_bad
-        return rows, problems, bad
+    def _rows(self, paths, limit: int | None, counts: dict, split: str) -> list[dict]:
+        loaded = S.load_files(paths, limit, self._normalize_file)
+        return S.take(loaded, split, self.on_bad_row, counts, read_key="rows") or []
 
-    def _rows(self, paths: list[Path], limit: int | None, counts: dict, split: str) -> list[dict]:
-        rows, problems, bad = self._load(paths, limit, counts, split)
+    def _normalize_file(self, read: FileRecords) -> tuple[list[dict] | None, list[str], list]:
+        """One file's records -> prompt rows: (rows, file problems, bad rows)."""
+        problems = [f"{read.path}: {p}" for p in field_problems(read.dataset.column_names, self.fields)]
         if problems:
-            raise DataError("invalid data:\n  - " + "\n  - ".join(problems))
-        return self._apply_policy(rows, bad, counts, split)
+            return None, problems, []
+        rows, bad = self._normalize(read.dataset.to_list(), str(read.path), read.numbers, read.unit)
+        return rows, [], bad
 
-    def _apply_policy(self, rows: list[dict], bad: list[BadRow], counts: dict, split: str) -> list[dict]:
-        """``on_bad_row``: raise listing the bad rows, or count them (``dropped_bad_<field>``,
-        ``dropped_unparsable``) and keep the good ones."""
-        if bad and self.on_bad_row == "error":
-            raise DataError(describe_bad_rows(bad))
-        for b in bad:
-            key = f"{split}/dropped_{b.reason}"  # dropped_bad_<field>, dropped_unparsable
-            counts[key] = counts.get(key, 0) + 1
-        if bad:
-            log.warning("%s: dropped %d bad row(s), e.g. %s", split, len(bad), bad[0])
-        return rows
-
-    def _normalize(self, records: list[dict], source: str, counts: dict, split: str,
-                   numbers: Sequence[int] | None = None, unit: str = "line") -> tuple[list[dict], list[BadRow]]:
-        columns = list(dict.fromkeys(k for r in records[:50] for k in r))
-        mapped = resolve_fields(columns, self.fields)
-        renamed = set(mapped.values())
-        out, bad = [], []
-        for i, rec in enumerate(records):
-            where = record_location(source, i, numbers, unit)
-            try:
-                out.append(self._row(rec, mapped, renamed, where))
-            except RowProblem as e:
-                bad.append(BadRow(where, e.field, e.reason, "bad_" + e.field, mapped.get(e.field)))
-        counts[f"{split}/rows"] = counts.get(f"{split}/rows", 0) + len(records)
-        return out, bad
-
-    def _row(self, rec: Mapping[str, Any], mapped: dict[str, str], renamed: set[str], where: str) -> dict:
-        q = rec.get(mapped["question"]) if "question" in mapped else None
-        if q is None or not str(q).strip():
-            raise RowProblem("question", "missing or empty question")
-        options = normalize_options(rec.get(mapped["options"])) if "options" in mapped else None
-        answer = normalize_answer(rec.get(mapped["answer"]), options) if "answer" in mapped else None
-        contexts = rec.get(mapped["contexts"]) if "contexts" in mapped else None
-        row = {k: v for k, v in rec.items() if k not in renamed}  # the other columns, under their own names
-        row.update(question=str(q).strip(), options=options, answer=answer, contexts=contexts, source=where)
-        return row
+    def _normalize(self, records: list[dict], source: str, numbers: Sequence[int] | None = None,
+                   unit: str = "line") -> tuple[list[dict], list]:
+        """Records -> prompt rows (the ``qa`` format: other columns, question, options, answer, contexts, then
+        ``source``) and bad rows (the field named canonically, with the column it was mapped from)."""
+        mapped = resolve_fields(list(dict.fromkeys(k for r in records[:50] for k in r)), self.fields)
+        where = lambda i: record_location(source, i, numbers, unit)  # noqa: E731
+        good, bad = S.normalize_records(records, lambda rec: qa_row(S.canonical_record(rec, mapped, others=True)),
+                                        where, lambda field: (field, mapped.get(field)))
+        return [{**row, "source": where(i)} for i, row in good], bad
 
     def render(self, row: Mapping[str, Any], chat=None, tokenizer: Any = None) -> str:
         """The chat prompt text of one normalized row (system prompt + user message + generation prompt)."""
@@ -390,12 +239,12 @@ class PromptData:
             text = self.render(row, chat)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) > self.max_prompt_length:
-                counts[f"{split}/dropped_too_long"] = counts.get(f"{split}/dropped_too_long", 0) + 1
+                counts[f"{split}/dropped/too_long"] = counts.get(f"{split}/dropped/too_long", 0) + 1
                 continue
             out.append({"id": len(out), "prompt": text, "prompt_ids": ids, "fields": row, "messages": self.messages(row)})
-        if counts.get(f"{split}/dropped_too_long"):
+        if counts.get(f"{split}/dropped/too_long"):
             log.warning("%s: dropped %d prompt(s) longer than data.max_prompt_length=%d", split,
-                        counts[f"{split}/dropped_too_long"], self.max_prompt_length)
+                        counts[f"{split}/dropped/too_long"], self.max_prompt_length)
         counts[f"{split}/prompts"] = len(out)
         return out
 
@@ -410,6 +259,10 @@ class PromptData:
         if self.pad_id is None:
             raise RuntimeError("call setup(tokenizer) before collate")
         return collate_prompts(examples, self.pad_id)
+
+    def lengths(self) -> list[int]:
+        """Prompt tokens per training example (for length-grouped batches)."""
+        return [len(e["prompt_ids"]) for e in self.train_dataset]
 
 
 def collate_prompts(examples: Sequence[dict], pad_id: int) -> dict:
@@ -427,11 +280,3 @@ def collate_prompts(examples: Sequence[dict], pad_id: int) -> dict:
             "prompts": [e["prompt"] for e in examples], "fields": fields, "ids": [e["id"] for e in examples],
             "messages": [e.get("messages") for e in examples],
             "num_tokens": int(mask.sum())}
-
-
-def _hold_out(rows: list[dict], n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Split off ``n_val`` rows (`medlab.data.split.held_out_count`) with a fixed seed."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    val = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]

@@ -156,6 +156,13 @@ class HFGenerateEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def set_stop_tokens(self, token_ids: Sequence[int]) -> None:
+        """Also end a completion at any of ``token_ids`` (e.g. a chat template's end-of-turn token that is not
+        the tokenizer's EOS); the current EOS ids stay."""
+        current = [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+        ids = list(dict.fromkeys(current + [int(t) for t in token_ids if t is not None]))
+        self.eos_token_id = ids[0] if len(ids) == 1 else ids
+
     def prompt_batch(self, prompts: list[list[int]], num_generations: int) -> tuple[Tensor, Tensor]:
         """Left-padded ``(ids, mask)`` on the model's device, each prompt repeated ``num_generations`` times."""
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, self.device)

@@ -6,7 +6,7 @@ run. `search_tool` wraps an index as a `medlab.rl.tools.Tool` (``search_text(que
 ``search_image(query)``) whose observation lists the passages with their ids; the ids the policy saw
 are recorded per call so the ``retrieval_relevance`` reward can check them against the gold passages.
 
-    index = SearchIndex.from_run("outputs/runs/biencoder/...", passages, ids)
+    index = SearchIndex.from_run("outputs/runs/biencoder/...", passages, load_run=medlab.evaluation.load_run)
     tool = search_tool(index, "search_text", k=3)
     tool.fn({"query": "mammography screening interventions"})   # -> "[1] (id 17) Telephone counseling ..."
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ import torch
 from medlab.rl.tools import Tool
 
 log = logging.getLogger(__name__)
+# (run_dir or None, config overrides) -> (cfg, objective module in eval mode, ...): medlab.evaluation.load_run
+RunLoader = Callable[[str | None, Sequence[str]], tuple]
 
 
 @dataclass
@@ -61,16 +63,20 @@ class SearchIndex:
         log.info("search index: %d passages embedded (%s)", len(self.passages), tuple(self.embeddings.shape))
 
     @classmethod
-    def from_run(cls, run_dir: str | None, passages: Sequence[Passage], *, overrides: Sequence[str] = (),
-                 reranker_run: str | None = None, **kwargs) -> SearchIndex:
-        """Load the bi-encoder (and optional cross-encoder) of trained runs (``None`` + overrides = untrained)."""
+    def from_run(cls, run_dir: str | None, passages: Sequence[Passage], *, load_run: RunLoader | None = None,
+                 overrides: Sequence[str] = (), reranker_run: str | None = None, **kwargs) -> SearchIndex:
+        """The bi-encoder (and optional cross-encoder) of trained runs (``None`` + overrides = untrained), loaded by
+        ``load_run`` -- ``(run_dir | None, overrides) -> (cfg, module, ...)``, e.g. ``medlab.evaluation.load_run``,
+        passed in by the caller: ``medlab.rl`` does not import the evaluation layer."""
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
-        from medlab.inference import load_run
+        if load_run is None:
+            raise ValueError("SearchIndex.from_run needs load_run (e.g. medlab.evaluation.load_run), passed in by "
+                             "the caller: medlab.rl does not import the evaluation layer")
 
         def load(run, task):
-            cfg, module, _ = load_run(run, list(overrides) if run is None else [])
+            cfg, module = tuple(load_run(run, list(overrides) if run is None else []))[:2]
             data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
             data_cfg.update(path=None, val_path=None, task=task)
             data = instantiate(data_cfg)

@@ -43,7 +43,7 @@ def chat_export(data_cfg: Mapping[str, Any] | None, tokenizer: Any) -> ChatExpor
     if not data_cfg or data_cfg.get("template") is None or data_cfg.get("mode", "sft") != "sft":
         return None
     name, system_prompt = str(data_cfg.get("template")), data_cfg.get("system_prompt")
-    if str(data_cfg.get("_target_", "")).endswith("PromptData") and not system_prompt:
+    if _data_kind(data_cfg) == "prompts" and not system_prompt:
         system_prompt = None  # PromptData.messages adds no system turn for an empty prompt (CausalLMData does)
     chat = get_template(name, _text_tokenizer(tokenizer))
     if name == "tokenizer":
@@ -54,6 +54,16 @@ def chat_export(data_cfg: Mapping[str, Any] | None, tokenizer: Any) -> ChatExpor
                         "to them (pass it as the first message when prompting the exported model)")
             return None
     return ChatExport(with_default_system(chat.source, system_prompt), chat.end_of_turn)
+
+
+def _data_kind(data_cfg: Mapping[str, Any]) -> str | None:
+    """The ``kind`` a data config's source declares (medlab.contracts.DataSource), or None."""
+    from hydra.utils import get_class
+
+    try:
+        return getattr(get_class(str(data_cfg.get("_target_"))), "kind", None)
+    except Exception:  # not importable: no chat format to export
+        return None
 
 
 def is_peft(model) -> bool:
