@@ -10,14 +10,10 @@ Notebook use::
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-ROOT_DIR = PACKAGE_DIR.parent
-CONF_DIR = ROOT_DIR / "conf"
-ASSETS_DIR = PACKAGE_DIR / "assets"
+from medlab.paths import ASSETS_DIR, CONF_DIR, PACKAGE_DIR, ROOT_DIR
 
 
 def _register_resolvers() -> None:
@@ -47,19 +43,19 @@ _register_resolvers()
 
 
 def compose(experiment: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None):
-    """Compose the training config like the CLI does (see `medlab.api.compose`)."""
-    from medlab.api import compose as _compose
+    """Compose the training config like the CLI does (see `medlab.config.compose.compose`)."""
+    from medlab.config.compose import compose as _compose
 
     return _compose(experiment, overrides, run_dir)
 
 
 def run(cfg, callbacks=None):
-    """Validate, build, train, evaluate and export one run (see `medlab.runner.run`).
+    """Validate, build, train, evaluate and export one run (see `medlab.commands.train.run`).
 
     Returns the monitored validation metric as a float that also carries ``.metrics``, ``.run_dir``
     and ``.history``.
     """
-    from medlab.runner import run as _run
+    from medlab.commands.train import run as _run
 
     return _run(cfg, callbacks=callbacks)
 

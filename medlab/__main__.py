@@ -6,13 +6,13 @@ import hydra
 from omegaconf import DictConfig
 
 import medlab  # noqa: F401  (registers the config resolvers)
-from medlab.api import CONFIG_NAME, CONFIG_PATH
-from medlab.cli import user_errors_exit
+from medlab.config.compose import CONFIG_NAME, CONFIG_PATH
+from medlab.commands.cli import user_errors_exit
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
-    from medlab.runner import run
+    from medlab.commands.train import run
 
     # A config or data problem: its message alone on stderr and in <run dir>/train.log, exit code 2. The
     # SystemExit passes through Hydra's job runner, which only catches Exception (so no "Error executing job").

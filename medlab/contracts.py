@@ -137,6 +137,8 @@ class DataSource(Protocol):
     - ``train_dataset`` / ``val_dataset`` (``val_dataset`` may be None), ``collate(examples) -> batch``,
       ``batch_size``, ``val_batch_size``, ``num_workers``, ``max_length`` (the MFU attention term),
       ``group_by_length`` and ``lengths()`` (one length per train example, for length-grouped batches).
+    - ``stop_token_ids``: after ``setup``, the tokens that end a generated turn in this data's chat format (the
+      tokenizer's EOS and the template's end-of-turn token); empty when nothing is generated from it.
     """
 
     kind: ClassVar[DataKind]
@@ -147,6 +149,7 @@ class DataSource(Protocol):
     group_by_length: bool
     train_dataset: Any
     val_dataset: Any
+    stop_token_ids: tuple[int, ...]
 
     def validate(self) -> list[str]: ...
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from medlab.cli import USER_ERROR_EXIT, report_user_error, run_cli, user_errors_exit
+from medlab.commands.cli import USER_ERROR_EXIT, report_user_error, run_cli, user_errors_exit
 from medlab.config import ConfigError
 from medlab.data.errors import DataError
 

@@ -104,7 +104,7 @@ def test_every_group_option_validates_clean(group):
 
 
 def test_every_key_the_code_reads_is_a_valid_setting():
-    """trainer / strategy keys read in runner.py and validate.py must be defined in conf/ or listed in CODE_KEYS,
+    """trainer / strategy keys read in commands/train.py and validate.py must be defined in conf/ or listed in CODE_KEYS,
     or the check would reject a key the code uses."""
     patterns = {
         "trainer": [r"cfg\.trainer\.(?:get\(\")?(\w+)", r"[\"']trainer\.(\w+)", r"\bt\.(?:get\(\")?(\w+)",
@@ -116,7 +116,7 @@ def test_every_key_the_code_reads_is_a_valid_setting():
     for group, pats in patterns.items():
         defined = {str(k) for option in _options(group) for k in OmegaConf.load(CONF / group / f"{option}.yaml")}
         read = set()
-        for source in ("runner.py", "config/validate.py"):
+        for source in ("commands/train.py", "config/validate.py"):
             text = (medlab.PACKAGE_DIR / source).read_text()
             for pat in pats:
                 read |= set(re.findall(pat, text))

@@ -185,7 +185,7 @@ def test_cli_secret_never_stays_in_the_run_dir(tmp_path):
 
 
 def test_bad_rows_fail_with_file_row_and_field_or_are_skipped_and_counted(tmp_path, monkeypatch):
-    import medlab.runner
+    import medlab.commands.train
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "What is fever?", "output": "A raised body temperature."}\n'
@@ -193,12 +193,12 @@ def test_bad_rows_fail_with_file_row_and_field_or_are_skipped_and_counted(tmp_pa
                    '{"instruction": "Define anemia.", "output": "Too few red blood cells."}\n')
     overrides = ["data=sft_chat", f"data.path={bad}", "trainer.max_steps=2", "trainer.progress_bar=false",
                  "data.batch_size=2", "export.enabled=false"]
-    real_build = medlab.runner.build_model
-    monkeypatch.setattr(medlab.runner, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    real_build = medlab.commands.train.build_model
+    monkeypatch.setattr(medlab.commands.train, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
     with pytest.raises(ConfigError) as e:  # found by the up-front validation, before any model loads
         medlab.run(medlab.compose(None, overrides, run_dir=str(tmp_path / "a")))
     assert f"{bad} line 2: field 'output': missing 'output'" in str(e.value)
-    monkeypatch.setattr(medlab.runner, "build_model", real_build)
+    monkeypatch.setattr(medlab.commands.train, "build_model", real_build)
     result = medlab.run(medlab.compose(None, overrides + ["data.on_bad_row=skip"], run_dir=str(tmp_path / "b")))
     assert result.metrics["data/train/kept"] + result.metrics["data/val/kept"] == 2  # sft_chat holds out a row
     assert sum(v for k, v in result.metrics.items() if k.startswith("data/train/bad_row")) == 1

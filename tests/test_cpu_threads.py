@@ -47,7 +47,7 @@ def test_invalid_value_is_a_config_error(tmp_path):
 
 
 def test_set_cpu_threads_auto_and_restore(tmp_path, monkeypatch, caplog):
-    from medlab.runner import _set_cpu_threads
+    from medlab.commands.train import _set_cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 import medlab
-import medlab.runner
+import medlab.commands.train
 from medlab.config import ConfigError, collect_problems
 from medlab.data import CausalLMData, DataError
 from medlab.data.formats import CANONICAL_FIELDS
@@ -39,7 +39,7 @@ def _alpaca(i: int) -> dict:
 
 
 def _no_model(monkeypatch):
-    monkeypatch.setattr(medlab.runner, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    monkeypatch.setattr(medlab.commands.train, "build_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
 
 
 # ---------------------------------------------------------------------------------------------- up front

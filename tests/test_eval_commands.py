@@ -276,26 +276,3 @@ def test_prune_keeps_protected_steps(tmp_path):
     other = torch.nn.Linear(2, 2)
     ckpt.load_trainable(other, root / "step-00000005")
     assert torch.equal(other.weight, model.weight)
-
-
-# ---------------------------------------------------------------------------------------------- layering
-def test_dependencies_point_one_way():
-    """commands -> evaluation -> (objectives, data, models, engine); medlab.rl imports neither (the agentic
-    search tool gets its run loader from the caller); no command imports another."""
-    pkg = medlab.PACKAGE_DIR
-
-    def imports(path: Path) -> set[str]:
-        return set(re.findall(r"^\s*(?:from|import) (medlab[\w.]*)", path.read_text(), flags=re.M))
-
-    for path in (pkg / "evaluation").rglob("*.py"):
-        assert not {m for m in imports(path) if m.startswith(("medlab.commands", "medlab.evaluate", "medlab.mine"))}, path
-    for path in (pkg / "rl").rglob("*.py"):
-        if path.name == "evaluate.py":  # the deprecated re-export shim (lazy, imported by nothing in medlab.rl)
-            continue
-        # search.py: one transitional import of medlab.evaluation when no loader is passed in (until rl/agent.py
-        # build_tools passes one); everything else in medlab.rl: none
-        found = {m for m in imports(path) if m.startswith(("medlab.commands", "medlab.inference"))}
-        found |= {m for m in imports(path) if m.startswith("medlab.evaluation") and path.name != "search.py"}
-        assert not found, (path, found)
-    assert not {m for m in imports(pkg / "commands" / "mine.py") if m.startswith("medlab.commands.evaluate")}
-    assert "_apply_trainable" not in "".join(p.read_text() for p in (pkg / "evaluation").rglob("*.py"))

@@ -134,7 +134,7 @@ def test_grpo_prompts_without_a_system_prompt(tmp_path, tokenizer, system_prompt
 def test_run_exports_the_template_it_trained_with(tmp_path, monkeypatch):
     """sft_lora with data.template=llama3 and a system prompt: the adapter export and the merged export both
     tokenize the training rows exactly as training did, and stop on <|eot_id|>."""
-    from medlab import runner
+    from medlab.commands import train as runner
 
     seen = {}
     original_fit = runner.Loop.fit

@@ -81,7 +81,7 @@ def test_gradcache_replays_cuda_dropout(tmp_path):
 def test_chunked_loss_bf16_on_cuda_matches_full_logits():
     """objective.loss_impl=chunked under bf16 autocast on CUDA: the full-logits loss and gradients within bf16
     tolerance, and no host sync in the loss (CUDA sync debug mode raises on one)."""
-    from medlab import linear_ce
+    from medlab.ops import linear_ce
     from medlab.data.collate import collate_padded
     from medlab.objectives.causal_lm import CausalLM
     from tests.helpers import tiny_llama, toy_examples

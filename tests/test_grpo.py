@@ -78,7 +78,7 @@ def test_experiments_compose_and_validate(experiment):
 
 
 def test_grpo_qlora_runs_end_to_end_and_logs_step_metrics(tmp_path, monkeypatch):
-    import medlab.runner as R
+    import medlab.commands.train as R
 
     seen = {}
     original = R.Loop.fit

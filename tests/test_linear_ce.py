@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medlab import linear_ce
+from medlab.ops import linear_ce
 from medlab.objectives.causal_lm import CausalLM
 from tests.helpers import pad_collate, tiny_llama, toy_examples
 
@@ -133,7 +133,7 @@ def test_nonlinear_logits_fall_back_to_full_path(caplog):
     with caplog.at_level("WARNING", logger="medlab"):
         loss = module.training_step(batch, 0)["loss"]
     assert "full-logits" in caplog.text
-    from medlab import losses
+    from medlab.ops import losses
 
     torch.testing.assert_close(loss, losses.causal_lm_loss(module(batch), batch["labels"]))
 

@@ -161,7 +161,7 @@ def test_early_stopping_stops_after_patience(tmp_path):
 
 def test_validation_metrics_are_token_weighted_means(tmp_path):
     """val/loss = sum over batches of loss_b * tokens_b / total tokens, i.e. the whole set's token mean."""
-    from medlab.losses import causal_lm_loss
+    from medlab.ops.losses import causal_lm_loss
 
     data = toy_examples(10)
     model = tiny_llama()

@@ -113,7 +113,7 @@ def _load_export(export_dir, head: str):
 def test_export_reloads_and_computes_what_the_trained_model_computes(spec, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    from medlab import runner
+    from medlab.commands import train as runner
 
     trained = {}
     original = runner.Loop.fit

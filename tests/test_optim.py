@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from medlab.optim import build_adamw, build_scheduler, lr_lambda
+from medlab.engine.optim import build_adamw, build_scheduler, lr_lambda
 
 
 def test_warmup_then_cosine_to_min():

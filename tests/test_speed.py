@@ -109,7 +109,7 @@ def test_inductor_compile_same_losses(tmp_path):
 
 
 def test_precision_auto_is_bf16_on_a_bf16_gpu_and_fp32_elsewhere(monkeypatch):
-    from medlab.runner import resolve_precision
+    from medlab.commands.train import resolve_precision
 
     assert resolve_precision("32-true", "cuda") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

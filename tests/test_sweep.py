@@ -14,7 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from medlab.sweep import collect_jobs, write_summary
+from medlab.commands.sweep import collect_jobs, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.progress_bar=false", "data.limit=32"]

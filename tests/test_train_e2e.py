@@ -56,7 +56,7 @@ def _params(model):
 @pytest.mark.parametrize("experiment", ["sft_lora", "sft_qlora"])
 def test_adapters_train_only_adapter_weights(tmp_path, monkeypatch, experiment):
     """TRL's test: every trainable parameter changed, every frozen one did not (QLoRA: 4-bit base on CPU)."""
-    import medlab.runner as R
+    import medlab.commands.train as R
 
     seen, original = {}, R.Loop.fit
 

@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from medlab import losses  # noqa: E402
+from medlab.ops import losses  # noqa: E402
 from medlab.objectives.causal_lm import CausalLM  # noqa: E402
 
 N_ROWS = 6

@@ -15,7 +15,7 @@ with no ``.hydra/`` copy (``hydra.output_subdir: null``), so evaluating never to
 
 Errors: a ``ConfigError`` / ``DataError`` raised by the command (or here, before Hydra: a run dir that does not
 exist) is re-raised after Hydra returns, so ``main(argv)`` raises it in-process and ``cli()`` prints it alone with
-exit code 2 (``medlab.cli``), also into the command's log file.
+exit code 2 (``medlab.commands.cli``), also into the command's log file.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from medlab import CONF_DIR
+from medlab.paths import CONF_DIR
 from medlab.config import ConfigError
 from medlab.evaluation.runs import no_run
 
@@ -119,7 +119,7 @@ def run_command(command: str, argv: Sequence[str] | None, task: Callable[[DictCo
     ``_ABSENT`` (``task`` reports that run_dir is required). The task's exceptions are re-raised here."""
     import hydra
 
-    from medlab.cli import log_error_to_files
+    from medlab.commands.cli import log_error_to_files
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_name, run_dir = prepare(command, argv)

@@ -9,7 +9,9 @@
 
 A Hydra app (``medlab.commands.app``): the options are declared, with comments, in
 ``conf/commands/evaluate.yaml``. ``eval.task`` defaults to the objective's declared ``eval_task``: ``retrieval``
-(bi-encoder: the corpus is every distinct document of the file, each row's own document is relevant), ``rerank``
+(bi-encoder: the corpus is every distinct document of the file, each row's own document is relevant; rows with the
+same query are one query unless ``eval.merge_duplicate_queries=false``, and the output's ``queries``, ``rows`` and
+``duplicate_queries_merged`` say which protocol the numbers use), ``rerank``
 (cross-encoder: the candidates sharing a ``group`` are reranked, NDCG on ``score``, MRR on ``label``), ``qa``
 (generative models: greedy answers scored by exact match). The weights are the run's best checkpoint by its
 ``trainer.monitor`` (``eval.checkpoint=best|latest|PATH``); the output says which (``checkpoint``,
@@ -76,8 +78,8 @@ def evaluate(cfg: DictConfig, run_dir: Any) -> dict[str, Any]:
         metrics = evaluate_qa(module, data, ev, batch_size=batch_size, objective=cfg.objective)
     else:
         counts = data.setup(module.tokenizer)
-        metrics = (evaluate_retrieval(module, data, batch_size) if task == "retrieval"
-                   else evaluate_rerank(module, data, batch_size))
+        metrics = (evaluate_retrieval(module, data, batch_size, bool(ev.get("merge_duplicate_queries", True)))
+                   if task == "retrieval" else evaluate_rerank(module, data, batch_size))
         metrics.update({f"data/{k}": v for k, v in counts.items()})
     metrics = {"task": task, "path": str(ev["path"]), "weights": str(choice), **choice.as_dict(), **metrics,
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 def cli() -> None:
     """The console entry: a config/data problem is printed alone on stderr (and in the log), exit code 2."""
-    from medlab.cli import run_cli
+    from medlab.commands.cli import run_cli
 
     run_cli(main)
 

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 def cli() -> None:
     """The console entry: a config/data problem is printed alone on stderr (and in the log), exit code 2."""
-    from medlab.cli import run_cli
+    from medlab.commands.cli import run_cli
 
     run_cli(main)
 

@@ -12,7 +12,7 @@ Which keys are valid:
   of the ``_target_`` callable's signature. An objective's ``**kwargs`` go to ``OptimSettings``: its fields are
   valid too. A target that takes ``**kwargs`` also accepts the keys that the group's config files with the same
   ``_target_`` define; a target of the user's own with ``**kwargs`` and no config file here accepts anything.
-- ``trainer`` and ``strategy`` (plain settings read by ``runner.py``): the keys their config files define
+- ``trainer`` and ``strategy`` (plain settings read by ``commands/train.py``): the keys their config files define
   (``conf/trainer/*.yaml``, ``conf/strategy/*.yaml``) plus ``CODE_KEYS``, keys the code reads with
   ``.get()`` that no file defines (``tests/test_config_keys.py`` checks that list against the code).
 - ``export`` (root ``train.yaml``) and the nested ``trainer.early_stopping``: the keys the files define.
@@ -93,7 +93,7 @@ def _keys(node: DictConfig) -> list[str]:
 
 
 def _default_conf_dir() -> Path:
-    from medlab import CONF_DIR
+    from medlab.paths import CONF_DIR
 
     return CONF_DIR
 

@@ -37,7 +37,7 @@ from medlab.data.packing import pack_blocks
 from medlab.data.readers import FileRecords, as_path_list
 from medlab.data.split import held_out_count, split_option_problems
 from medlab.data.templates import TEMPLATE_NAMES, get_template
-from medlab.data.tokenize import MODES, TRUNCATION_POLICIES, require_eos_id, tokenize_dataset
+from medlab.data.tokenize import MODES, TRUNCATION_POLICIES, require_eos_id, stop_token_ids, tokenize_dataset
 
 log = logging.getLogger(__name__)
 ROW_OF_MODE = {"sft": "messages", "cpt": "text"}  # what a format's rows must hold for each mode
@@ -70,6 +70,7 @@ class CausalLMData:
     """
 
     kind: ClassVar[str] = "chat"  # medlab.contracts.DataSource
+    stop_token_ids: tuple[int, ...] = ()  # set by setup(): EOS + the chat template's end-of-turn token
     group_by_length = False  # chat rows keep random batches
 
     def __init__(
@@ -177,6 +178,8 @@ class CausalLMData:
         """Read, normalize, tokenize (or load from cache), filter/pack; returns kept/dropped counts by reason."""
         S.raise_config_problems(self._option_problems(), self.paths + self.val_paths)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else require_eos_id(tokenizer)
+        self.stop_token_ids = stop_token_ids(get_template(self.template, tokenizer) if self.mode == "sft" else None,
+                                             tokenizer)
         entry = self._cache_entry(tokenizer)
         self.train_dataset, self.val_dataset, self.counts, hit = cache.load_or_build(entry, lambda: self._build(tokenizer))
         if hit:

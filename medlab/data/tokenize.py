@@ -114,6 +114,13 @@ def end_of_turn_id(template: ChatTemplate, tokenizer: Any) -> int:
     return require_eos_id(tokenizer)
 
 
+def stop_token_ids(template: ChatTemplate | None, tokenizer: Any) -> tuple[int, ...]:
+    """The tokens that end a generated assistant turn in this chat format: the tokenizer's EOS and the template's
+    end-of-turn token (``<|eot_id|>`` for llama3 on a tokenizer whose EOS is another token), without repeats."""
+    ids = [tokenizer.eos_token_id] + ([end_of_turn_id(template, tokenizer)] if template is not None else [])
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+
 def require_eos_id(tokenizer: Any) -> int:
     """`tokenizer.eos_token_id`, or a `DataError` if the tokenizer has none."""
     if tokenizer.eos_token_id is None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from medlab.data.templates import get_template
+from medlab.data.tokenize import stop_token_ids
 from medlab.rl.data import PromptData
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,8 @@ def evaluate_qa(module: Any, data: Any, ev: Mapping[str, Any] | None = None, *, 
     new_tokens = settings["max_new_tokens"]
     if engine is None:
         engine = generation_engine(module.model, tokenizer, settings["engine"], settings["check_every"])
+        # stop where the chat format ends a turn, as in training (e.g. <|eot_id|> for llama3)
+        engine.set_stop_tokens(stop_token_ids(get_template(prompt_data.template, tokenizer), tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = module.model
     was_training = model.training

@@ -22,7 +22,8 @@ from medlab.evaluation.runs import batches
 
 RETRIEVAL_DATA = "medlab.retrieval.data.RetrievalData"
 # eval.* keys that are not RetrievalData options: the command's own and the QA task's (medlab.evaluation.qa).
-NOT_DATA_OPTIONS = ("path", "task", "out", "checkpoint", "batch_size", "limit", "template", "system_prompt",
+NOT_DATA_OPTIONS = ("path", "task", "out", "checkpoint", "batch_size", "limit", "merge_duplicate_queries",
+                    "template", "system_prompt",
                     "question_template", "contexts_in_prompt", "max_contexts", "max_prompt_length", "max_new_tokens")
 
 
@@ -72,25 +73,33 @@ def retrieval_data(cfg: Any, ev: Mapping[str, Any], task: str):
 
 
 @torch.no_grad()
-def evaluate_retrieval(module, data, batch_size: int) -> dict[str, float]:
+def evaluate_retrieval(module, data, batch_size: int, merge_duplicate_queries: bool = True) -> dict[str, Any]:
     """Full-corpus retrieval: every distinct document of the file is the corpus, each row's own document is
-    relevant to its query (rows sharing a query pool their documents)."""
+    relevant to its query. The protocol is in the output: ``rows`` read, ``queries`` ranked and
+    ``duplicate_queries_merged``. With ``merge_duplicate_queries`` (the default, what validation does) rows sharing a
+    query (its ``group``: the query id, or the query text) are one query whose relevant set is all their
+    documents; without it every row is its own query with its own document relevant (the per-row protocol of
+    sentence-transformers' ``InformationRetrievalEvaluator`` fed one query per row)."""
     from medlab.retrieval.evaluation import KS, retrieval_report
     from medlab.retrieval.rows import doc_key
 
     examples = data.train_dataset
-    queries: dict[str, tuple[str, str | None]] = {}
+    queries: dict[Any, tuple[str, str | None]] = {}
     docs: dict[int, tuple[str, str | None]] = {}
-    judgments: dict[str, dict[int, float]] = {}
-    for e in examples:
-        queries.setdefault(e["group"], (data.query_prefix + e["query"], e.get("query_image")))
+    judgments: dict[Any, dict[int, float]] = {}
+    for i, e in enumerate(examples):
+        qid = e["group"] if merge_duplicate_queries else i
+        queries.setdefault(qid, (data.query_prefix + e["query"], e.get("query_image")))
         key = doc_key(e["positive"], e.get("image"))
         docs.setdefault(key, (data.doc_prefix + e["positive"] if e["positive"] else "", e.get("image")))
-        judgments.setdefault(e["group"], {})[key] = 1.0
+        judgments.setdefault(qid, {})[key] = 1.0
     q_items, d_ids = list(queries.values()), list(docs)
     q = module.embed_items(data.encode(b, data.query_max_length) for b in batches(q_items, batch_size))
     d = module.embed_items(data.encode(b, data.max_length) for b in batches([docs[k] for k in d_ids], batch_size))
-    return retrieval_report(q, d, d_ids, [judgments[g] for g in queries], ks=KS)
+    report: dict[str, Any] = {"queries": len(queries), "rows": len(examples),
+                              "duplicate_queries_merged": bool(merge_duplicate_queries)}
+    report.update(retrieval_report(q, d, d_ids, [judgments[g] for g in queries], ks=KS))
+    return report
 
 
 @torch.no_grad()

@@ -201,7 +201,7 @@ def load_config(run_dir: str | None, overrides: Sequence[str] = ()) -> DictConfi
             if unknown:
                 raise ConfigError(unknown)
         return cfg
-    from medlab.api import compose
+    from medlab.config.compose import compose
 
     return compose(overrides=overrides)
 
@@ -231,7 +231,7 @@ def load_module(cfg: DictConfig, run_dir: str | Path | None = None, *,
     reported, before any model is built) or a :class:`CheckpointChoice` already made."""
     from hydra.utils import instantiate
 
-    from medlab.runner import build_model  # TODO(lead): from medlab.models once build_model moves there
+    from medlab.models.build import build_model
 
     choice = checkpoint if isinstance(checkpoint, CheckpointChoice) else choose_checkpoint(cfg, run_dir, checkpoint)
     model, tokenizer, _ = build_model(cfg)

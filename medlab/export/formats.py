@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medlab.export.hf import ChatExport, export_merged, export_model, is_peft
+from medlab.export.sentence_transformers import write_retrieval_files
 
 
 class HFExporter:
     """Hugging Face format: the full model, or the peft adapter, plus the tokenizer with the run's chat template.
-    Loads with ``from_pretrained`` (``AutoPeftModel*`` for adapters)."""
+    Loads with ``from_pretrained`` (``AutoPeftModel*`` for adapters). A retrieval run (``objective`` / ``data``: the
+    run's configs in the context; the objective's ``eval_task`` is retrieval or rerank) also gets the
+    sentence-transformers files (``medlab.export.sentence_transformers``)."""
 
     name = "hf"
     out_subdir = "export"
@@ -20,8 +23,10 @@ class HFExporter:
         return []
 
     def export(self, model: Any, tokenizer: Any, out_dir: Path, *, chat: ChatExport | None = None,
-               **context: Any) -> Path:
-        return export_model(model, tokenizer, out_dir, chat)
+               objective: Any = None, data: Any = None, **context: Any) -> Path:
+        out = export_model(model, tokenizer, out_dir, chat)
+        write_retrieval_files(model, tokenizer, out, objective, data)
+        return out
 
 
 class MergedExporter:
@@ -39,7 +44,7 @@ class MergedExporter:
 
     def export(self, model: Any, tokenizer: Any, out_dir: Path, *, chat: ChatExport | None = None,
                load_base: Callable[[], tuple[Any, Any]] | None = None, adapter_dir: Path | None = None,
-               **context: Any) -> Path:
+               objective: Any = None, data: Any = None, **context: Any) -> Path:
         if load_base is None:
             raise ValueError("the merged export needs load_base (a callable returning the base model and tokenizer)")
         if adapter_dir is None:  # no hf export of this run to merge from: write the adapter first
@@ -47,7 +52,9 @@ class MergedExporter:
             export_model(model, None, adapter_dir)
         if not is_peft(model):
             raise ValueError("the merged export needs a peft (LoRA/DoRA) model")
-        return export_merged(adapter_dir, load_base, out_dir, chat)
+        out = export_merged(adapter_dir, load_base, out_dir, chat)
+        write_retrieval_files(model, tokenizer, out, objective, data)
+        return out
 
 
 EXPORTERS: dict[str, Any] = {e.name: e for e in (HFExporter(), MergedExporter())}

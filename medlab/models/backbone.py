@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from medlab.models.common import plain as _plain
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("tiny", "hf", "smollm2", "minilm", "tiny_vlm")
@@ -31,18 +33,6 @@ VLM_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # loaded with their processo
 HEADS = ("causal_lm", "embed", "score")
 # Encoder-only families: built and saved as a bare encoder (no LM head) when tiny.
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert")
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain python (configs arrive from Hydra)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 def tiny_config(arch: dict, tokenizer) -> Any:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medlab.models.backbone import _plain
+from medlab.models.common import plain as _plain
 
 #: Qwen2-VL's special tokens, added to the shipped tokenizer in this order (ids = len(base tokenizer) + i).
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")

@@ -13,8 +13,8 @@ import logging
 
 import torch
 
-from medlab import ASSETS_DIR
-from medlab.losses import causal_lm_loss
+from medlab.paths import ASSETS_DIR
+from medlab.ops.losses import causal_lm_loss
 
 log = logging.getLogger(__name__)
 

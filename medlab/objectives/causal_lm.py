@@ -12,7 +12,7 @@ import math
 import lightning as L
 import torch
 
-from medlab import linear_ce, losses
+from medlab.ops import linear_ce, losses
 from medlab.objectives.common import OptimSettings, choice_problem, int_problem
 
 MODES = ("cpt", "sft")

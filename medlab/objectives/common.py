@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from medlab.optim import build_adamw, build_scheduler
+from medlab.engine.optim import build_adamw, build_scheduler
 
 
 @dataclass

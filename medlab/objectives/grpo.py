@@ -156,9 +156,8 @@ class GRPOPolicy(L.LightningModule):
     def bind_data(self, data) -> None:
         """Generation stops on the data's chat template end-of-turn token too (e.g. ``<|eot_id|>`` for llama3 on a
         tokenizer whose EOS is another token), as well as on the tokenizer's EOS."""
-        stop = list(getattr(data, "stop_token_ids", None) or [])
-        if stop:
-            self.engine.set_stop_tokens(stop)
+        if data.stop_token_ids:
+            self.engine.set_stop_tokens(data.stop_token_ids)
 
     def flops_per_token(self) -> None:
         return None  # generation dominates and is not counted: no MFU for RL steps

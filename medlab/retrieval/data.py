@@ -60,6 +60,7 @@ class RetrievalData:
     """
 
     kind: ClassVar[str] = "retrieval"  # medlab.contracts.DataSource
+    stop_token_ids: tuple[int, ...] = ()  # nothing is generated from retrieval data
 
     def __init__(self, path: Any, val_path: Any = None, *, task: str = "bi_encoder", format: str = "auto",
                  fields: Mapping[str, str] | None = None, query_prefix: str = "", doc_prefix: str = "",

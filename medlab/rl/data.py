@@ -57,6 +57,7 @@ from medlab.data.prompt_rows import (  # noqa: F401  (re-exported: the prompt fo
 from medlab.data.readers import FileRecords, as_path_list
 from medlab.data.split import held_out_count, split_option_problems
 from medlab.data.templates import TEMPLATE_NAMES, get_template
+from medlab.data.tokenize import stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class PromptData:
     """
 
     kind: ClassVar[str] = "prompts"  # medlab.contracts.DataSource
+    stop_token_ids: tuple[int, ...] = ()  # set by setup(): EOS + the chat template's end-of-turn token
     group_by_length = False
 
     def __init__(self, path: Any, val_path: Any = None, *, val_split: float = 0.0, val_split_min: int = 1,
@@ -168,6 +170,7 @@ class PromptData:
         if self.pad_id is None:
             raise DataError("the tokenizer has neither a pad nor an EOS token to pad prompts with")
         chat = get_template(self.template, tokenizer)
+        self.stop_token_ids = stop_token_ids(chat, tokenizer)
         counts: dict[str, int] = {}
         rows = self._rows(self.paths, self.limit, counts, "train")
         val_rows = self._rows(self.val_paths, self.val_limit, counts, "val") if self.val_paths else None

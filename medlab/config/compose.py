@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from medlab import CONF_DIR
+from medlab.paths import CONF_DIR
 
 CONFIG_PATH = "../conf"  # relative to medlab/__main__.py, for @hydra.main
 CONFIG_NAME = "train"

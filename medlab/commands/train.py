@@ -22,6 +22,7 @@ from medlab.config import ConfigError, redact, validate_config
 from medlab.config.threads import resolve_cpu_threads
 from medlab.engine import checkpoint as ckpt
 from medlab.contracts import UsesRuns
+from medlab.models.build import build_model, objective_class  # noqa: F401  (objective_class: re-exported)
 from medlab.engine.loop import Loop, LoopConfig
 
 log = logging.getLogger("medlab")
@@ -215,28 +216,6 @@ def _run(cfg: DictConfig, fabric, run_dir: Path) -> RunResult:
     return RunResult(float(objective) if objective is not None else math.nan, metrics, run_dir, loop.history)
 
 
-def objective_class(cfg: DictConfig):
-    from hydra.utils import get_class
-
-    return get_class(cfg.objective._target_)
-
-
-def build_model(cfg: DictConfig, fabric=None):
-    """Backbone (with the head the objective needs) + adapter -> ``(model, tokenizer, adapter_spec)``."""
-    from contextlib import nullcontext
-
-    from hydra.utils import instantiate
-
-    cls = objective_class(cfg)
-    head, peft_task = cls.head, cls.peft_task  # medlab.contracts.Objective declarations
-    adapter = instantiate(cfg.adapter)
-    load_model = instantiate(cfg.model)
-    extra = {"head": head} if head != "causal_lm" else {}
-    with fabric.rank_zero_first() if fabric is not None else nullcontext():  # tiny/converted models: written once
-        model, tokenizer = load_model(quantization_config=adapter.quantization_config(), **extra)
-    return adapter.apply(model, task_type=peft_task), tokenizer, adapter
-
-
 def _speed_switches(model, t: DictConfig) -> None:
     """``trainer.activation_checkpointing`` / ``trainer.compile`` (medlab.models.speed), in place."""
     from medlab.models.speed import apply_activation_checkpointing, compile_model
@@ -262,6 +241,7 @@ def _export(cfg: DictConfig, model, tokenizer, run_dir: Path, adapter) -> Path |
 
     chat = chat_export(cfg.data, tokenizer)  # the chat template the run trained with (None: the tokenizer's own)
     context = {"chat": chat, "adapter": adapter, "load_base": lambda: instantiate(cfg.model)()}
+    context["objective"], context["data"] = cfg.objective, cfg.data  # retrieval runs: sentence-transformers files
     written = []
     for exporter in selected_exporters(cfg):
         if exporter.name == "merged" and written:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medlab.losses import IGNORE_INDEX
+from medlab.ops.losses import IGNORE_INDEX
 
 # Elements of one chunk's fp32 logits (256 MiB): chunk rows = max(128, LOGITS_BUDGET // vocab).
 LOGITS_BUDGET = 1 << 26

@@ -1,0 +1,1 @@
+"""Pure maths shared by objectives and models: masked next-token losses and the chunked linear cross-entropy."""
