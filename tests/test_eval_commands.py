@@ -35,12 +35,7 @@ PLACEHOLDER = re.compile(r"<\w+>|/data/|\.\.\.|\bRUN\b|\bFILE\b")
 QA_ZERO_SHOT = "run_dir=none +experiment=grpo_qlora model=..."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 # ---------------------------------------------------------------------------------------------- README examples

@@ -34,12 +34,7 @@ BI = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 def _train(tmp_path_factory, experiment: str, overrides: list[str], name: str):

@@ -210,6 +210,18 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _load_weights(model, path: Path, map_location) -> None:
+    """A complete checkpoint's trainable weights into ``model`` (CheckpointError when incomplete or unreadable)."""
+    reason = _incomplete_reason(path)
+    if reason is not None:
+        raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
+    try:
+        weights = load_file(str(path / MODEL_FILE), device=str(map_location))
+    except Exception as exc:
+        raise CheckpointError(f"Cannot read {path / MODEL_FILE}: {exc}") from exc
+    _apply_trainable(model, weights, path / MODEL_FILE)
+
+
 def _apply_trainable(model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
     params = {n: p for n, p in unwrap_model(model).named_parameters() if p.requires_grad}
     missing = sorted(set(params) - set(weights))
@@ -238,14 +250,7 @@ def load_trainable(model: nn.Module, path: str | os.PathLike, map_location: str 
     The checkpoint must be complete, and its weight names and shapes must equal the model's trainable
     parameters (the run's adapter / fine-tuning config rebuilt): :class:`CheckpointError` otherwise."""
     path = Path(path)
-    reason = _incomplete_reason(path)
-    if reason is not None:
-        raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
-    try:
-        weights = load_file(str(path / MODEL_FILE), device=str(map_location))
-    except Exception as exc:
-        raise CheckpointError(f"Cannot read {path / MODEL_FILE}: {exc}") from exc
-    _apply_trainable(model, weights, path / MODEL_FILE)
+    _load_weights(model, path, map_location)
     return path
 
 
@@ -505,15 +510,7 @@ def load_checkpoint(
     ``rng-rank{rank}.pt`` (resuming with more ranks) falls back to rank 0's state with a warning.
     """
     path = Path(path)
-    reason = _incomplete_reason(path)
-    if reason is not None:
-        raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
-
-    try:
-        weights = load_file(str(path / MODEL_FILE), device=str(map_location))
-    except Exception as exc:
-        raise CheckpointError(f"Cannot read {path / MODEL_FILE}: {exc}") from exc
-    _apply_trainable(model, weights, path / MODEL_FILE)
+    _load_weights(model, path, map_location)
 
     state = _safe_load(path / STATE_FILE, map_location)
     version = state.get("format_version") if isinstance(state, dict) else None
