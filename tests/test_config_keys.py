@@ -126,3 +126,14 @@ def test_every_key_the_code_reads_is_a_valid_setting():
         # and a config that sets every one of them passes the check
         probe = OmegaConf.merge(cfg, {group: {k: cfg[group].get(k) for k in read - {"get"}}})
         assert [p for p in unknown_keys(probe) if p.startswith(f"{group}.")] == []
+
+
+def test_a_typo_in_a_built_group_is_reported_once_with_the_closest_key():
+    """`+adapter.rr=4` / `+data.max_lenght=3` also make the group fail to build; only the unknown-key message (the
+    cause, with the closest valid key) is reported, not a second "cannot build ..." line for the same group."""
+    from medlab.config.validate import collect_problems
+
+    cfg = medlab.compose("sft_lora", ["+adapter.rr=4", "+data.max_lenght=3"], run_dir="/tmp/unused")
+    problems = collect_problems(cfg)
+    assert problems == ["adapter.rr is not a setting medlab reads (did you mean adapter.r?)",
+                        "data.max_lenght is not a setting medlab reads (did you mean data.max_length?)"], problems

@@ -282,11 +282,10 @@ def _check_secrets(cfg: DictConfig) -> list[str]:
 
 def collect_problems(cfg: DictConfig) -> list[str]:
     problems = _check_missing(cfg)
+    key_problems = _safe(lambda: importlib.import_module("medlab.config.keys").unknown_keys(cfg))  # typo'd `+key=`
     checks: list[Callable[[], list[str]]] = [
         lambda: _check_trainer(cfg), lambda: _check_strategy(cfg), lambda: _check_objective(cfg),
-        lambda: _check_export(cfg),
-        lambda: _check_loggers(cfg), lambda: _check_secrets(cfg),
-        lambda: importlib.import_module("medlab.config.keys").unknown_keys(cfg),  # typo'd `+key=...` settings
+        lambda: _check_export(cfg), lambda: _check_loggers(cfg), lambda: _check_secrets(cfg), lambda: key_problems,
     ]
     for check in checks:
         problems += _safe(check)
@@ -295,6 +294,9 @@ def collect_problems(cfg: DictConfig) -> list[str]:
     adapter_problems, _ = _check_adapter(cfg, info["module_names"] if info else None)
     problems += adapter_problems
     problems += _safe(lambda: _check_data(cfg, info))
+    # A group with an unknown key also fails to build; the unknown-key message (with the closest valid key) says why.
+    typo_groups = {p.split(".", 1)[0] for p in key_problems}
+    problems = [p for p in problems if not (p.split(":", 1)[0] in typo_groups and ": cannot build" in p)]
     return list(dict.fromkeys(problems))  # keep order, drop duplicates
 
 
