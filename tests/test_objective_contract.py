@@ -128,7 +128,8 @@ def test_export_reloads_and_computes_what_the_trained_model_computes(spec, tmp_p
     export = result.run_dir / "export"
     tok = AutoTokenizer.from_pretrained(str(export))
     inputs = dict(tok(["Fever and cough for three days.", "高血压患者应注意什么？"], return_tensors="pt", padding=True))
-    inputs.pop("token_type_ids", None) if spec.export_head != "embed" else None
+    if spec.export_head != "embed":  # decoders and the score head take no token types
+        inputs.pop("token_type_ids", None)
     expected = _outputs(trained["model"], spec.export_head, inputs)
     got = _outputs(_load_export(export, spec.export_head), spec.export_head, inputs)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -141,11 +142,3 @@ def test_every_shipped_objective_config_is_registered():
 
     targets = {OmegaConf.load(f).get("_target_") for f in (Path(medlab.CONF_DIR) / "objective").glob("*.yaml")}
     assert targets <= {s.target for s in SPECS}, targets - {s.target for s in SPECS}
-
-
-def test_rl_objectives_declare_their_experience_steps():
-    for spec in SPECS:
-        cls = get_class(spec.target)
-        if "make_experience" in dir(cls):
-            assert isinstance(getattr(cls, "steps_per_experience", None), (int, property)) or \
-                "steps_per_experience" in cls.__init__.__code__.co_names, spec.name

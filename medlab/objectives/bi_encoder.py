@@ -61,6 +61,7 @@ class BiEncoder(L.LightningModule):
         self.estimated_stepping_batches = 1
         self.owns_backward = gradcache_chunk_size is not None
         self.loss_scale = 1.0  # set by the loop before each step when owns_backward
+        self._vision_params: list[torch.nn.Parameter] | None = None  # _unused_vision_anchor, found once
         self._val: list[dict] = []
 
     @classmethod
@@ -154,7 +155,7 @@ class BiEncoder(L.LightningModule):
         fabric = getattr(self, "_fabric", None)
         if fabric is None or fabric.world_size <= 1:
             return 0.0
-        if getattr(self, "_vision_params", None) is None:
+        if self._vision_params is None:
             self._vision_params = [p for n, p in self.model.named_parameters()
                                    if p.requires_grad and any(k in n for k in VISION_PARAM_NAMES)]
         if not self._vision_params or any("pixel_values" in batch[k] for k in ("query", "docs")):

@@ -15,7 +15,7 @@ The class behind ``target`` must satisfy :class:`medlab.contracts.Objective` (ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from medlab.contracts import objective_problems
 
@@ -28,7 +28,7 @@ class ObjectiveSpec:
     overrides: tuple[str, ...] = ()  # tiny, fast settings on top of the experiment
     big_batch: tuple[str, ...] = ()  # overrides for one big batch ...
     micro_batches: tuple[str, ...] = ()  # ... and for the same examples as micro-batches (same gradient)
-    export_head: str = field(default="causal_lm")  # how the export reloads: causal_lm | embed | score
+    export_head: str = "causal_lm"  # how the export reloads: causal_lm | embed | score
 
 
 REGISTRY: dict[str, ObjectiveSpec] = {}
