@@ -23,6 +23,7 @@ from medlab.config.threads import resolve_cpu_threads
 from medlab.engine import checkpoint as ckpt
 from medlab.contracts import UsesRuns
 from medlab.models.build import build_model, objective_class  # noqa: F401  (objective_class: re-exported)
+from medlab.engine.fsdp import is_sharded
 from medlab.engine.loop import Loop, LoopConfig
 
 log = logging.getLogger("medlab")
@@ -61,18 +62,34 @@ def build_fabric(cfg: DictConfig, callbacks: list | None = None):
     s = cfg.strategy
     options = OmegaConf.to_container(s.options, resolve=True) if s.get("options") else {}
     strategy: Any = "auto" if s.name in ("single", "auto") else s.name
-    if s.name == "fsdp":
-        from lightning.fabric.strategies import FSDPStrategy
-
-        strategy = FSDPStrategy(**options)
-    elif options:
-        strategy = {"ddp": "ddp"}.get(s.name, s.name)
-    loggers = [instantiate(lc) for lc in (cfg.get("logger") or {}).values()]
     accelerator = s.accelerator
     if accelerator == "auto" and not torch.cuda.is_available():
         accelerator = "cpu"
+    precision = resolve_precision(str(s.precision), accelerator)
+    if s.name == "fsdp":
+        strategy = fsdp_strategy(s, options, accelerator)
+        if str(s.precision) == "auto":
+            precision = "32-true"  # the FSDP2 mixed precision policy (strategy.options.mixed_precision) does bf16
+    elif options:
+        strategy = {"ddp": "ddp"}.get(s.name, s.name)
+    loggers = [instantiate(lc) for lc in (cfg.get("logger") or {}).values()]
     return Fabric(accelerator=accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=strategy,
-                  precision=resolve_precision(str(s.precision), accelerator), loggers=loggers, callbacks=callbacks)
+                  precision=precision, loggers=loggers, callbacks=callbacks)
+
+
+def fsdp_strategy(s: DictConfig, options: dict, accelerator: str):
+    """``strategy=fsdp``: FSDP2 through Fabric's ModelParallelStrategy, all ranks data parallel (medlab.engine.fsdp)."""
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    from medlab.engine.fsdp import parallelize_fn
+
+    devices = int(s.devices)
+    if devices == -1:
+        devices = torch.cuda.device_count() if accelerator != "cpu" else 1
+    return ModelParallelStrategy(
+        parallelize_fn=parallelize_fn(str(options.get("mixed_precision", "auto")),
+                                      bool(options.get("reshard_after_forward", True))),
+        data_parallel_size=devices * int(s.num_nodes), tensor_parallel_size=1)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -188,8 +205,12 @@ def _run(cfg: DictConfig, fabric, run_dir: Path) -> RunResult:
                       lengths=data.lengths() if data.group_by_length else None)
 
     export_dir = None
-    if result.status != "interrupted" and fabric.is_global_zero:
-        export_dir = _export(cfg, model, tokenizer, run_dir, adapter)
+    if result.status != "interrupted":
+        export_model = model
+        if _exports(cfg) and is_sharded(module):  # FSDP2: gather the shards (collective), export on rank 0
+            export_model = _consolidated_model(cfg, module, fabric.is_global_zero)
+        if fabric.is_global_zero:
+            export_dir = _export(cfg, export_model, tokenizer, run_dir, adapter)
     fabric.barrier()
 
     state = result.state
@@ -231,6 +252,29 @@ def _resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
         raise ConfigError([f"{run_dir} already holds checkpoints from an earlier run: pass trainer.resume=auto "
                            "to continue it, or use a new run dir (reusing one never overwrites silently)"])
     return ckpt.resolve_resume(resume, run_dir)
+
+
+def _exports(cfg: DictConfig) -> bool:
+    from medlab.export import selected_exporters
+
+    return bool(selected_exporters(cfg))
+
+
+def _consolidated_model(cfg: DictConfig, module, is_rank_zero: bool):
+    """Collective: the FSDP2-sharded objective's trainable weights gathered on rank 0 and loaded into a fresh,
+    unsharded model built from the config (the frozen base rebuilds exactly as the run built it) -- the model a
+    single-process run with these weights would export. Other ranks return None."""
+    from hydra.utils import instantiate
+
+    from medlab.engine.fsdp import full_state_dict
+
+    weights = full_state_dict(module)
+    if not is_rank_zero:
+        return None
+    model, tokenizer, _ = build_model(cfg)
+    fresh = instantiate(cfg.objective, model=model, tokenizer=tokenizer)
+    ckpt.apply_trainable(fresh, weights, "the gathered FSDP shards")
+    return fresh.model
 
 
 def _export(cfg: DictConfig, model, tokenizer, run_dir: Path, adapter) -> Path | None:

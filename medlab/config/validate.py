@@ -98,21 +98,39 @@ def _check_strategy(cfg: DictConfig) -> list[str]:
     if precision not in PRECISIONS:
         out.append(f"strategy.precision={precision!r} is not one of {PRECISIONS}")
     cuda = torch.cuda.is_available() and _get(s, "accelerator") != "cpu"
-    if name in GPU_ONLY and not cuda:
+    if name == "fsdp" and _get(s, "accelerator") == "cpu":
+        devices = _get(s, "devices")
+        if not isinstance(devices, int) or devices < 1:
+            out.append(f"strategy fsdp on CPU: strategy.devices must be the number of processes (>= 1), got {devices!r}")
+    elif name == "fsdp" and not cuda:
+        out.append("strategy fsdp needs a CUDA GPU and none is available; on CPU pass strategy.accelerator=cpu "
+                   "strategy.devices=N (N gloo processes), or use strategy=single or strategy=ddp")
+    elif name in GPU_ONLY and not cuda:
         out.append(f"strategy {name} needs a CUDA GPU and none is available; use strategy=single or strategy=ddp on CPU")
+    if name == "fsdp":
+        from medlab.engine.fsdp import MIXED_PRECISION
+
+        mp = _get(s, "options.mixed_precision", "auto")
+        if mp not in MIXED_PRECISION:
+            out.append(f"strategy.options.mixed_precision={mp!r} is not one of {MIXED_PRECISION}")
     if name and str(name).startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         out.append(f"strategy {name} needs DeepSpeed: pip install deepspeed")
     if precision in ("16-mixed", "16-true") and not cuda:
         out.append(f"strategy.precision={precision} needs a GPU; on CPU use 32-true or bf16-mixed")
-    if name in GPU_ONLY and (_get(cfg, "trainer.ckpt_every_n_steps") or _get(cfg, "trainer.save_final_checkpoint")
-                             or _get(cfg, "export.enabled")):
-        # medlab's checkpoint/export format holds full (replicated) weights; sharded saving through
-        # fabric.save is not wired yet, and saving local shards as if they were whole would corrupt runs.
-        out.append(f"strategy {name}: checkpointing and export of sharded models are not implemented yet; "
-                   "set trainer.ckpt_every_n_steps=null trainer.save_final_checkpoint=false export.enabled=false, "
-                   "or use strategy=ddp")
+    if str(name).startswith("deepspeed") and (_get(cfg, "trainer.ckpt_every_n_steps")
+                                              or _get(cfg, "trainer.save_final_checkpoint")
+                                              or _get(cfg, "export.enabled")):
+        # DeepSpeed's own sharded checkpoints are not wired into medlab's atomic scheme: untested without a GPU.
+        out.append(f"strategy {name}: checkpointing and export under DeepSpeed are not supported yet (untested: "
+                   "DeepSpeed needs a GPU, and none has verified it); set trainer.ckpt_every_n_steps=null "
+                   "trainer.save_final_checkpoint=false export.enabled=false, or use strategy=fsdp (sharded "
+                   "checkpoints and export) or strategy=ddp")
     if name == "deepspeed_stage_3" and _get(cfg, "adapter.quantize"):
-        out.append("QLoRA (adapter.quantize) cannot be combined with DeepSpeed ZeRO-3: use deepspeed_zero2, fsdp or single")
+        out.append("QLoRA (adapter.quantize) cannot be combined with DeepSpeed ZeRO-3: use deepspeed_zero2, ddp or single")
+    if name == "fsdp" and _get(cfg, "adapter.quantize"):
+        # bitsandbytes' packed 4-bit weights are not sharded by fully_shard, and this combination is untested
+        out.append("QLoRA (adapter.quantize) cannot be combined with strategy=fsdp: use adapter=lora with fsdp, or QLoRA "
+                   "with strategy=ddp or single")
     return out
 
 

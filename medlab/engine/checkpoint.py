@@ -25,9 +25,24 @@ checkpoints plus an ignored ``.tmp-*`` directory (removed by the next save), or 
 checkpoint. Directories are removed (pruning, replacing a same-step checkpoint) by first renaming
 them to a ``.tmp-*`` name, so a deletion cut short never leaves a half-deleted ``step-*`` behind.
 
-Distributed saving here assumes replicated weights (single device, DDP) and a ``checkpoints/``
-directory shared by all ranks. Sharded strategies (FSDP, DeepSpeed) save through ``fabric.save``
-and are wired by the engine; this module does not gather or shard weights.
+Distributed saving assumes a ``checkpoints/`` directory shared by all ranks. Replicated weights (single
+device, DDP) are written by rank 0 as above. **Sharded** weights (``strategy=fsdp``, FSDP2 DTensors) are saved
+with the same scheme, but every rank writes its own shard of the trainable weights and of the optimizer state
+with ``torch.distributed.checkpoint`` (DCP) into the temp directory::
+
+        step-00000010/                 format "sharded" (recorded in COMPLETE)
+            .metadata                  DCP's index: every tensor's global shape and which shard holds which slice
+            __0_0.distcp __1_0.distcp  rank r's slices of {"model": trainable weights, "optim": optimizer state},
+                                       keyed by parameter name (not by rank layout)
+            state.pt                   {"scheduler", "loop", "trainable_keys", "format_version", "format"}
+            rng-rank0.pt rng-rank1.pt  per-rank RNG
+            COMPLETE                   written by rank 0 after it saw every rank's shard, the metadata and RNG file
+
+Loading reshards: DCP reads each tensor's slices by name into whatever layout the loading run has, so a sharded
+checkpoint resumes on any number of processes (2 -> 1 loads full tensors without a process group), and a
+replicated checkpoint resumes under FSDP (1 -> 2: each rank keeps its slice of the full tensors). Inference
+(:func:`load_trainable`: evaluation, ``python -m medlab.export``) reads either format into an unsharded model,
+which is how a sharded checkpoint is consolidated into a Hugging Face directory.
 """
 
 from __future__ import annotations
@@ -57,6 +72,8 @@ FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint
+SHARDED = "sharded"
 TMP_PREFIX = ".tmp-"
 CHECKPOINTS_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -250,8 +267,25 @@ def load_trainable(model: nn.Module, path: str | os.PathLike, map_location: str 
     The checkpoint must be complete, and its weight names and shapes must equal the model's trainable
     parameters (the run's adapter / fine-tuning config rebuilt): :class:`CheckpointError` otherwise."""
     path = Path(path)
-    _load_weights(model, path, map_location)
+    if is_sharded_checkpoint(path):
+        reason = _incomplete_reason(path)
+        if reason is not None:
+            raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
+        _load_sharded(path, model, None)
+    else:
+        _load_weights(model, path, map_location)
     return path
+
+
+def apply_trainable(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``weights`` (keyed by ``named_parameters()`` names) into ``model``'s trainable parameters; the names
+    and shapes must be exactly the trainable ones (:class:`CheckpointError` naming ``source`` otherwise)."""
+    _apply_trainable(model, weights, Path(source))
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """True when the checkpoint ``path`` was saved sharded (``strategy=fsdp``)."""
+    return (Path(path) / DCP_METADATA).is_file()
 
 
 def read_loop_state(path: str | os.PathLike) -> dict:
@@ -295,6 +329,7 @@ def save_checkpoint(
     keep_last: int | None = 3,
     barrier: Callable[[], None] | None = None,
     protect: Collection[int] = (),
+    sharded: bool = False,
 ) -> Path:
     """Atomically save ``ckpt_root/step-{step:08d}`` and return its path (see the module docstring).
 
@@ -305,8 +340,13 @@ def save_checkpoint(
     checkpoints with a higher step (an abandoned timeline after resuming from an older one) and stale
     temp dirs. ``protect``: steps whose checkpoint pruning keeps on top of the newest ``keep_last`` (e.g. the
     best step, so evaluation can load it). ``loop_state`` may hold only ints, floats, bools, str, None, tensors,
-    lists and dicts.
+    lists and dicts. ``sharded``: the model's parameters are FSDP2 shards; every rank writes its slices of the
+    trainable weights and the optimizer state (see the module docstring); the other files are the same.
     """
+    if sharded:
+        return _save_sharded(root=Path(ckpt_root), step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                             loop_state=loop_state, rank=rank, world_size=world_size, keep_last=keep_last,
+                             barrier=barrier or (lambda: None), protect=protect)
     barrier = barrier or (lambda: None)
     rng_state = capture_rng()  # first, before anything could draw
     root = Path(ckpt_root)
@@ -380,8 +420,11 @@ def _find_tmp_dir(root: Path, step: int) -> Path:
     return found[0]
 
 
-def _commit(tmp: Path, final: Path, step: int, world_size: int) -> None:
-    missing = [rng_file_name(r) for r in range(world_size) if not (tmp / rng_file_name(r)).is_file()]
+def _commit(tmp: Path, final: Path, step: int, world_size: int, fmt: str | None = None) -> None:
+    required = [rng_file_name(r) for r in range(world_size)]
+    if fmt == SHARDED:
+        required += [DCP_METADATA, *(shard_file_name(r) for r in range(world_size))]
+    missing = [name for name in required if not (tmp / name).is_file()]
     if missing:
         raise CheckpointError(
             f"Checkpoint {final}: {', '.join(missing)} not written; all ranks must share the checkpoint directory."
@@ -395,6 +438,8 @@ def _commit(tmp: Path, final: Path, step: int, world_size: int) -> None:
         "format_version": FORMAT_VERSION,
         "files": files,
     }
+    if fmt is not None:
+        marker["format"] = fmt
     _fsync_dir(tmp)
     with open(tmp / COMPLETE, "w") as f:
         json.dump(marker, f, indent=2)
@@ -510,9 +555,20 @@ def load_checkpoint(
     ``rng-rank{rank}.pt`` (resuming with more ranks) falls back to rank 0's state with a warning.
     """
     path = Path(path)
-    _load_weights(model, path, map_location)
+    state = None
+    if is_sharded_checkpoint(path):
+        reason = _incomplete_reason(path)
+        if reason is not None:
+            raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
+        _load_sharded(path, model, optimizer)
+        optimizer = None  # restored with the weights
+    elif _has_dtensors(model):
+        state = _load_replicated_into_sharded(path, model, optimizer, map_location)
+        optimizer = None
+    else:
+        _load_weights(model, path, map_location)
 
-    state = _safe_load(path / STATE_FILE, map_location)
+    state = state if state is not None else _safe_load(path / STATE_FILE, map_location)
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path / STATE_FILE}: format_version {version!r}, this medlab reads {FORMAT_VERSION}.")
@@ -574,7 +630,8 @@ def _incomplete_reason(path: Path) -> str | None:
             raise TypeError("'files' is not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"the {COMPLETE} marker is unreadable ({exc})"
-    for required in (MODEL_FILE, STATE_FILE, rng_file_name(0)):
+    weights = DCP_METADATA if marker.get("format") == SHARDED else MODEL_FILE
+    for required in (weights, STATE_FILE, rng_file_name(0)):
         if required not in files:
             return f"the {COMPLETE} marker does not list {required}"
     for name, size in files.items():
@@ -585,3 +642,168 @@ def _incomplete_reason(path: Path) -> str | None:
         if actual != size:
             return f"{name} is truncated or altered: {actual} bytes on disk, {size} recorded when saved"
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# sharded (FSDP2) checkpoints
+
+
+def shard_file_name(rank: int) -> str:
+    """The file DCP's ``FileSystemWriter`` writes for ``rank`` (one file per rank)."""
+    return f"__{rank}_0.distcp"
+
+
+def _has_dtensors(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in unwrap_model(model).parameters())
+
+
+def _plain_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # lightning's _FabricOptimizer wraps the real one
+
+
+def _trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, detached (DTensor shards stay DTensors: DCP writes/reads their slices)."""
+    return {n: p.detach() for n, p in unwrap_model(model).named_parameters() if p.requires_grad}
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank (no process group: ``flag``)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _save_sharded(*, root: Path, step: int, model, optimizer, scheduler, loop_state: dict, rank: int,
+                  world_size: int, keep_last: int | None, barrier: Callable[[], None],
+                  protect: Collection[int]) -> Path:
+    """Every rank writes its shards with DCP into the temp dir; otherwise the replicated scheme (see save_checkpoint)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    rng_state = capture_rng()
+    final = root / step_dir_name(step)
+    tmp: Path | None = None
+    error: Exception | None = None
+    weights = _trainable_tensors(model)
+    if rank == 0:
+        try:
+            state = {"optimizer": None, "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "loop": loop_state, "trainable_keys": list(weights), "format_version": FORMAT_VERSION,
+                     "format": SHARDED}
+            _check_weights_only_safe(state, "state")
+            tmp = _make_tmp_dir(root, step)
+        except Exception as exc:  # noqa: BLE001 - re-raised after the barriers
+            error = exc
+    barrier()  # 1: the temp dir exists
+    try:
+        if error is None and rank != 0:
+            tmp = _find_tmp_dir(root, step)
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    if not _any_rank(error is not None):  # DCP's save is collective: every rank enters it or none does
+        try:
+            optim = get_optimizer_state_dict(unwrap_model(model), _plain_optimizer(optimizer))
+            dcp.save({"model": weights, "optim": optim},
+                     storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
+            _torch_save(rng_state, tmp / rng_file_name(rank))
+            if rank == 0:
+                _torch_save(state, tmp / STATE_FILE)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    elif error is None:
+        error = CheckpointError(f"Rank {rank}: checkpoint {final} not saved: another rank failed first.")
+    barrier()  # 2: every rank's shard, the metadata and every RNG file are written and fsynced
+    if rank == 0 and error is None:
+        try:
+            _commit(tmp, final, step, world_size, SHARDED)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    barrier()  # 3: published (or failed)
+    if error is not None:
+        raise error
+    if not is_complete(final):
+        raise CheckpointError(f"Rank {rank}: checkpoint {final} was not published (rank 0 failed to commit it).")
+    if rank == 0:
+        _prune(root, step, keep_last, protect)
+    return final
+
+
+def _sharded_keys(path: Path) -> set[str]:
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        meta = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as exc:
+        raise CheckpointError(f"Cannot read {path / DCP_METADATA}: {exc}") from exc
+    return set(meta.state_dict_metadata)
+
+
+def _load_sharded(path: Path, model: nn.Module, optimizer) -> None:
+    """A sharded checkpoint into ``model`` (sharded or not: DCP reshards by name) and, if given, ``optimizer``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    weights = _trainable_tensors(model)
+    saved = {k[len("model."):] for k in _sharded_keys(path) if k.startswith("model.")}
+    missing, unexpected = sorted(set(weights) - saved), sorted(saved - set(weights))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit the model's trainable parameters (checkpoint: {len(saved)} tensors, model: "
+            f"{len(weights)} trainable). Missing from the checkpoint: {_names(missing)}. Unexpected in the "
+            f"checkpoint: {_names(unexpected)}. Was the run resumed with a different adapter / fine-tuning config "
+            "(e.g. LoRA vs full)?")
+    state: dict[str, Any] = {"model": weights}
+    plain = unwrap_model(model)
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(plain, _plain_optimizer(optimizer))  # the layout to read into
+    try:
+        with torch.no_grad():
+            dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
+    except Exception as exc:
+        raise CheckpointError(f"Cannot load the sharded checkpoint {path}: {exc}") from exc
+    if optimizer is not None:
+        set_optimizer_state_dict(plain, _plain_optimizer(optimizer), state["optim"])
+
+
+def _load_replicated_into_sharded(path: Path, model: nn.Module, optimizer, map_location) -> dict:
+    """A replicated checkpoint (one process or DDP) into a sharded model: every rank reads the full tensors and
+    keeps its slices; the optimizer state is re-keyed from positions to parameter names. Returns ``state.pt``."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    reason = _incomplete_reason(path)
+    if reason is not None:
+        raise CheckpointError(f"Cannot load checkpoint {path}: {reason}.")
+    try:
+        weights = load_file(str(path / MODEL_FILE), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"Cannot read {path / MODEL_FILE}: {exc}") from exc
+    plain = unwrap_model(model)
+    trainable = _trainable_tensors(plain)
+    missing, unexpected = sorted(set(trainable) - set(weights)), sorted(set(weights) - set(trainable))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path / MODEL_FILE} does not fit the model's trainable parameters. Missing from the checkpoint: "
+            f"{_names(missing)}. Unexpected in the checkpoint: {_names(unexpected)}.")
+    full = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(plain, weights, options=full)
+    state = _safe_load(path / STATE_FILE, "cpu")
+    if optimizer is not None and isinstance(state, dict) and state.get("optimizer") is not None:
+        opt = _plain_optimizer(optimizer)
+        names = {id(p): n for n, p in plain.named_parameters()}
+        order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+        saved = state["optimizer"]
+        try:
+            keyed = {"state": {order[i]: v for i, v in saved["state"].items()},
+                     "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        except (IndexError, KeyError) as exc:
+            raise CheckpointError(f"{path / STATE_FILE}: optimizer state does not fit the optimizer: {exc}") from exc
+        set_optimizer_state_dict(plain, opt, keyed, options=full)
+    return state

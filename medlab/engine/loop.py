@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from medlab.contracts import ExperienceObjective, Objective, objective_problems
 from medlab.engine import checkpoint as ckpt
+from medlab.engine import fsdp
 from medlab.engine.progress import Progress, Throughput, format_metrics
 from medlab.engine.sampler import ResumableBatchSampler
 
@@ -96,7 +97,10 @@ def _sync_manual_grads(module) -> None:
     """Average every gradient over ranks in one flat all-reduce (what DDP does for modules that own backward)."""
     import torch.distributed as dist
 
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    from torch.distributed.tensor import DTensor
+
+    # FSDP2 reduces its sharded (DTensor) gradients itself; the replicated parameters' are averaged here
+    grads = [p.grad for p in module.parameters() if p.grad is not None and not isinstance(p.grad, DTensor)]
     if not grads:
         return
     flat = torch._utils._flatten_dense_tensors(grads)
@@ -187,7 +191,8 @@ class Loop:
         return n
 
     def _experience_windows(self, batch) -> list[list]:
-        out = list(self.module.make_experience(batch))
+        # sharded: through Fabric's forward redirection, so the FSDP2 root gathers its parameters for it too
+        out = list((self.fmodule if self._sharded else self.module).make_experience(batch))
         n = self._steps_per_experience()
         if len(out) != n:
             raise ValueError(f"make_experience returned {len(out)} windows; steps_per_experience is {n}")
@@ -218,6 +223,8 @@ class Loop:
             self.fmodule = fabric.setup_module(module)
             optimizer, scheduler = _split_optim(module.configure_optimizers())
             self.optimizer = fabric.setup_optimizers(optimizer)
+        if self._sharded and self._experiences and self.fmodule._forward_module is not module:
+            self.fmodule.mark_forward_method("make_experience")
         self.scheduler = scheduler
 
     # ------------------------------------------------------------------ fit
@@ -229,6 +236,7 @@ class Loop:
                             + "; ".join(objective_problems(type(module))))
         self.module, self.train_data, self.val_data, self.collate = module, train_data, val_data, collate
         self._experiences = isinstance(module, ExperienceObjective)
+        self._sharded = type(fabric.strategy).__name__ == "ModelParallelStrategy"  # FSDP2 (medlab.engine.fsdp)
         self.train_sampler = ResumableBatchSampler(
             len(train_data), batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
             rank=fabric.global_rank, world_size=fabric.world_size, lengths=lengths)
@@ -236,7 +244,7 @@ class Loop:
         if val_data is not None and len(val_data) > 0:
             # Sharded strategies need every rank to run the same number of forwards, so they pad by
             # wrapping around (a few rows count twice); otherwise ranks take uneven shards, counted once.
-            sharded = any(k in type(fabric.strategy).__name__.lower() for k in ("fsdp", "deepspeed"))
+            sharded = self._sharded or any(k in type(fabric.strategy).__name__.lower() for k in ("fsdp", "deepspeed"))
             self.val_sampler = ResumableBatchSampler(
                 len(val_data), val_batch_size or batch_size, shuffle=False,
                 rank=fabric.global_rank, world_size=fabric.world_size, pad=sharded)
@@ -330,9 +338,10 @@ class Loop:
             if owns_backward:
                 # The module runs its own backward passes (GradCache: one per chunk) with this scale; DDP's
                 # reducer allows one backward per forward, so all of them run unsynced and the gradients are
-                # averaged once after the window (_sync_manual_grads).
+                # averaged once after the window (_sync_manual_grads). FSDP2 reduce-scatters after every backward
+                # into the sharded gradients, which sum: the same average, no extra sync.
                 module.loss_scale = scale
-                with fabric.no_backward_sync(self.fmodule, enabled=fabric.world_size > 1):
+                with fabric.no_backward_sync(self.fmodule, enabled=fabric.world_size > 1 and not self._sharded):
                     loss, extra = _unwrap_loss(self.fmodule.training_step(batch, self.state.micro_step))
             else:
                 with fabric.no_backward_sync(self.fmodule, enabled=not is_last):
@@ -352,7 +361,8 @@ class Loop:
         if "deepspeed" in type(fabric.strategy).__name__.lower():
             finite = bool(torch.isfinite(loss_sum).item())  # DeepSpeed clips internally
         else:
-            norm = fabric.clip_gradients(self.fmodule, self.optimizer, max_norm=clip, error_if_nonfinite=False)
+            norm = fsdp.local_norm(  # sharded gradients: the norm over all ranks' shards
+                fabric.clip_gradients(self.fmodule, self.optimizer, max_norm=clip, error_if_nonfinite=False))
             self._last_grad_norm = norm.detach()
             finite = bool(torch.isfinite(norm).item())  # the step's single host sync
         if finite:
@@ -494,6 +504,7 @@ class Loop:
             world_size=fabric.world_size, keep_last=self.cfg.keep_last_k, barrier=fabric.barrier,
             # the best checkpoint by the monitored metric survives keep_last_k (evaluate/mine load it by default)
             protect=(self.state.best_step,) if self.state.best_step is not None else (),
+            sharded=self._sharded,
         )
         fabric.barrier()
         log.info("saved checkpoint %s", path)

@@ -76,9 +76,9 @@ class BiEncoder(L.LightningModule):
         chunk = o.get("gradcache_chunk_size")
         if chunk is not None:
             out.append(int_problem("objective.gradcache_chunk_size", chunk, allow_none=True))
-            if str(cfg.strategy.get("name")) in ("fsdp", "deepspeed_stage_2", "deepspeed_stage_3"):
+            if str(cfg.strategy.get("name")) in ("deepspeed_stage_2", "deepspeed_stage_3"):  # FSDP2: engine/fsdp.py
                 out.append("objective.gradcache_chunk_size (GradCache) runs its own backward passes: use strategy "
-                           "single or ddp, not FSDP/DeepSpeed")
+                           "single, ddp or fsdp, not DeepSpeed")
             if cfg.model.get("source") == "tiny_vlm" or "vl" in str(cfg.model.get("name", "")).lower():
                 out.append("GradCache slices inputs by rows, which image patches are not: turn it off for VLM backbones")
         if (cfg.trainer.get("accumulate_grad_batches") or 1) > 1:
