@@ -18,8 +18,8 @@ import torch
 
 Head = Literal["causal_lm", "embed", "score"]
 PeftTask = Literal["CAUSAL_LM", "FEATURE_EXTRACTION", "SEQ_CLS"]
-DataKind = Literal["chat", "retrieval", "prompts"]
-EvalTask = Literal["qa", "retrieval", "rerank"]
+DataKind = Literal["chat", "retrieval", "prompts", "preference"]
+EvalTask = Literal["qa", "retrieval", "rerank", "preference", "toolcall"]
 
 
 @runtime_checkable
@@ -129,7 +129,8 @@ class DataSource(Protocol):
     """Files -> validated, tokenized train/val datasets + the collate function the objective's batches need.
 
     - ``kind``: what it produces (``chat``: SFT/CPT token rows, ``retrieval``: query/document pairs or judged
-      pairs, ``prompts``: RL prompts with their reference fields); objectives name the kinds they accept.
+      pairs, ``prompts``: RL prompts with their reference fields, ``preference``: chosen/rejected pairs or
+      unpaired desirable/undesirable completions, docs/INTERFACES.md); objectives name the kinds they accept.
     - ``validate() -> list[str]``: every problem found by reading the files' columns and rows, before any model
       loads (file, 1-based line/row and field named); no tokenizer needed.
     - ``setup(tokenizer) -> dict[str, int]``: read, normalize, tokenize, hold out validation, cache; returns the

@@ -7,6 +7,8 @@
 - `CausalLMData` (`module`, kind ``chat``): chat templates (`templates`), assistant-only labels (`tokenize`),
   CPT packing (`packing`), padded / padding-free batches (`collate`). Retrieval and prompt data are
   `medlab.retrieval.data.RetrievalData` and `medlab.rl.data.PromptData`.
+- `PreferenceData` (`preference`, kind ``preference``): chosen/rejected pairs, unpaired KTO rows and pairs from
+  graded judgments; formats in `preference_rows`, tokens and batches in `preference_encode`.
 """
 
 from medlab.data.errors import DataError

@@ -4,7 +4,7 @@
 
 - ``name``: what ``data.format`` selects (unique over every kind).
 - ``kinds``: the `medlab.contracts.DataSource.kind` values it serves (``chat`` for SFT/CPT, ``retrieval``,
-  ``prompts``).
+  ``prompts``, ``preference``).
 - ``columns``: the canonical columns it needs, after ``data.fields`` mapping; each entry lists alternatives
   (``(("conversations", "messages"), ("tools",))``: one of the first two, and ``tools``).
 - ``detect(columns, first=None) -> bool``: whether a file with these canonical columns is in this format
@@ -13,11 +13,12 @@
   -> the kind's canonical row; raises `medlab.data.errors.RowProblem` (or `RowProblems`) naming the field
   when the row is bad. ``options`` are the data source's settings the format needs (unknown ones ignored).
 - ``row``: what a normalized row holds (``messages`` / ``text`` for chat rows, ``judged`` for retrieval,
-  ``prompt`` for prompts): a data source uses it to accept a format (SFT needs ``messages``, CPT ``text``).
+  ``prompt`` for prompts, ``pair`` / ``unpaired`` / ``judged`` for preference data): a data source uses it to accept a format (SFT needs ``messages``, CPT ``text``).
 - ``order``: detection order within a kind (lower is tried first; ties keep registration order).
 
 The built-in formats register when their modules are imported: chat formats in `medlab.data.formats`,
-retrieval formats in `medlab.retrieval.rows`, the prompt format in `medlab.data.prompt_rows`; every lookup here
+retrieval formats in `medlab.retrieval.rows`, the prompt format in `medlab.data.prompt_rows`, preference formats
+in `medlab.data.preference_rows`; every lookup here
 imports them first. A new format registers the same way from any module (docs/ADDING.md).
 """
 
@@ -28,7 +29,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-BUILTIN_MODULES = ("medlab.data.formats", "medlab.retrieval.rows", "medlab.data.prompt_rows")
+BUILTIN_MODULES = ("medlab.data.formats", "medlab.retrieval.rows", "medlab.data.prompt_rows", "medlab.data.preference_rows")
 _FORMATS: dict[str, Format] = {}
 
 

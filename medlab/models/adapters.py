@@ -26,6 +26,9 @@ class AdapterSpec:
     quantize: ``None`` | ``nf4`` | ``fp4`` — load the base in 4 bit (QLoRA); ``double_quant`` also
     quantizes the quantization constants; ``compute_dtype`` is the matmul dtype (bf16 on GPU,
     float32 on CPU).
+    init_from: continue training an existing peft adapter (a directory with ``adapter_config.json``, e.g. an SFT
+    run's ``export/``, or that run directory) instead of a new one; the saved adapter's own rank and targets apply.
+    Preference objectives take the same directory as their frozen reference (``objective.ref_adapter``).
     """
 
     kind: str = "none"
@@ -39,6 +42,7 @@ class AdapterSpec:
     double_quant: bool = True
     compute_dtype: str = "float32"
     gradient_checkpointing: bool = False
+    init_from: str | None = None
 
     @property
     def is_peft(self) -> bool:
@@ -53,6 +57,13 @@ class AdapterSpec:
             out.append(f"adapter.quantize={self.quantize!r}: expected null, nf4 or fp4")
         if self.quantize and not self.is_peft:
             out.append("adapter.quantize needs a LoRA/DoRA adapter: a 4-bit base cannot be fully fine-tuned")
+        if self.init_from:
+            if not self.is_peft:
+                out.append("adapter.init_from continues a LoRA/DoRA adapter: use adapter=lora (a full fine-tune "
+                           "starts from a merged model: model=local_hf model.path=DIR)")
+            elif resolve_adapter_dir(self.init_from) is None:
+                out.append(f"adapter.init_from={self.init_from!r}: no adapter_config.json there or in its export/ "
+                           "(a trained LoRA run dir or its export/ folder)")
         if self.is_peft and self.r <= 0:
             out.append(f"adapter.r must be > 0, got {self.r}")
         if self.is_peft and module_names is not None and self.target_modules != "all-linear":
@@ -91,6 +102,13 @@ class AdapterSpec:
 
         if self.quantize:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.gradient_checkpointing)
+        if self.init_from:
+            from peft import PeftModel
+
+            path = resolve_adapter_dir(self.init_from)
+            if path is None:
+                raise ValueError(f"adapter.init_from={self.init_from!r}: no adapter_config.json there or in its export/")
+            return PeftModel.from_pretrained(model, str(path), is_trainable=True)
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         config = LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
@@ -98,6 +116,18 @@ class AdapterSpec:
             modules_to_save=list(self.modules_to_save) if self.modules_to_save else None,
         )
         return get_peft_model(model, config)
+
+
+def resolve_adapter_dir(path: str | None):
+    """The peft adapter directory ``path`` names (itself or its ``export/``), or None."""
+    from pathlib import Path
+
+    if not path:
+        return None
+    for candidate in (Path(path), Path(path) / "export"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    return None
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from medlab.contracts import UsesRuns
+from medlab.rl.reward_model import RewardModelReward
 from medlab.rl.timeout import CallTimeout, call_with_timeout
 
 RewardFn = Callable[..., list]
@@ -290,6 +292,7 @@ def llm_judge(prompts: list, completions: list, *, judge: Callable[[str], str] |
 REWARDS: dict[str, RewardFn] = {
     "exact_match": exact_match, "token_f1": token_f1, "format": format_reward, "length_penalty": length_penalty,
     "retrieval_relevance": retrieval_relevance, "llm_judge": llm_judge,
+    "reward_model": RewardModelReward,  # a class: built once with the entry's options (medlab.rl.reward_model)
 }
 
 
@@ -310,6 +313,8 @@ def load_reward(target: str | RewardFn, /, **kwargs: Any) -> RewardFn:
             raise ValueError(f"cannot load reward function {target!r}: {e}") from e
     if not callable(fn):
         raise TypeError(f"reward {target!r} is not callable")
+    if isinstance(fn, type):  # a reward class (state such as a loaded model): built once with the options
+        return fn(**kwargs)
     return _bind(fn, kwargs) if kwargs else fn
 
 
@@ -438,3 +443,9 @@ class RewardSet:
 
     def __call__(self, prompts: list, completions: list, **fields: Any):
         return combine_rewards(self.fns, prompts, completions, timeouts=self.timeouts, **fields)
+
+    def bind_run_loader(self, load_run: Any) -> None:
+        """Hand ``load_run`` to the rewards that load trained runs (``medlab.contracts.UsesRuns``: reward_model)."""
+        for fn, _ in self.fns.values():
+            if isinstance(fn, UsesRuns):
+                fn.bind_run_loader(load_run)
