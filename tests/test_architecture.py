@@ -27,3 +27,7 @@ def test_the_package_top_level_holds_only_entry_points_and_the_lowest_layer():
     assert top == ["__init__.py", "__main__.py", "contracts.py", "evaluate.py", "mine.py", "paths.py"], top
     for shim in ("evaluate.py", "mine.py"):  # `python -m medlab.evaluate` / `medlab.mine`: entry points only
         assert len((medlab.PACKAGE_DIR / shim).read_text().splitlines()) <= 12, shim
+    # `python -m medlab.infer`: a package holding only its entry point (the command is commands/infer.py)
+    infer = medlab.PACKAGE_DIR / "infer"
+    assert sorted(p.name for p in infer.glob("*.py")) == ["__init__.py", "__main__.py"]
+    assert len((infer / "__main__.py").read_text().splitlines()) <= 12

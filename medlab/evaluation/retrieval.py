@@ -5,6 +5,7 @@ written).
     data.setup(module.tokenizer)
     metrics = evaluate_retrieval(module, data, batch_size=64)     # a BiEncoder: full-corpus Recall/MRR/NDCG
     metrics = evaluate_rerank(module, data, batch_size=64)        # a CrossEncoder: each group's candidates
+    metrics.update(rerank_baselines(data, load_embedder(cfg), batch_size=64))   # what the reranker has to beat
 
 The metric code is the one validation uses (``medlab.retrieval.evaluation``), so a run evaluated on its own
 validation file reproduces its final ``val/*`` metrics.
@@ -22,7 +23,7 @@ from medlab.evaluation.runs import batches
 
 RETRIEVAL_DATA = "medlab.retrieval.data.RetrievalData"
 # eval.* keys that are not RetrievalData options: the command's own and the QA task's (medlab.evaluation.qa).
-NOT_DATA_OPTIONS = ("path", "task", "out", "checkpoint", "batch_size", "limit", "merge_duplicate_queries",
+NOT_DATA_OPTIONS = ("path", "task", "out", "checkpoint", "batch_size", "limit", "merge_duplicate_queries", "baselines",
                     "template", "system_prompt",
                     "question_template", "contexts_in_prompt", "max_contexts", "max_prompt_length", "max_new_tokens")
 
@@ -66,6 +67,8 @@ def retrieval_data(cfg: Any, ev: Mapping[str, Any], task: str):
     options = {k: v for k, v in ev.items() if k not in NOT_DATA_OPTIONS}
     data_cfg.update(path=ev["path"], val_path=None, val_split=0.0, limit=ev.get("limit"),
                     task="bi_encoder" if task == "retrieval" else "cross_encoder", group_size=None, num_negatives=0)
+    if data_cfg.get("list_size") is not None or data_cfg.get("graded_labels"):  # training-only shapes: every judged
+        data_cfg.update(list_size=None, graded_labels=False)                     # pair is evaluated, binary labels
     if "fields" in options:
         data_cfg["fields"] = options.pop("fields")
     data_cfg.update(options)
@@ -110,9 +113,63 @@ def evaluate_rerank(module, data, batch_size: int, k: int = 10) -> dict[str, flo
 
     examples = data.train_dataset
     scores: list[float] = []
+    if getattr(module, "prior", None) is not None:
+        data.pair_sides = True  # the cosine prior scores each text alone too
     for chunk in batches(examples, batch_size):
         batch = data.collate(chunk)
         pairs = {n: t.to(module.device) for n, t in batch["pairs"].items()}
         scores += module.score(pairs).tolist()
     return rerank_report(scores, [e["label"] for e in examples], [e["grade"] for e in examples],
                          [e["group"] for e in examples], k=k)
+
+
+def load_embedder(cfg: Any):
+    """The zero-shot bi-encoder of a reranker run: its ``model`` config loaded as a bare encoder (no head, no
+    adapter, none of the run's training) -> ``(model, pooling)``; pooling = ``objective.prior_pooling`` or mean."""
+    from hydra.utils import instantiate
+
+    model, _ = instantiate(cfg.model)(head="embed")
+    model.eval()
+    return model, str((cfg.get("objective") or {}).get("prior_pooling") or "mean")
+
+
+@torch.no_grad()
+def cosine_scores(embedder, data, batch_size: int) -> list[float]:
+    """cos(E(query), E(doc)) of every example of ``data`` (each distinct text embedded once, alone, with the data's
+    prefixes and limits): the zero-shot bi-encoder ranking of the same candidates."""
+    from medlab.retrieval.pooling import embed
+
+    model, pooling = embedder
+    device = next(model.parameters()).device
+    examples = data.train_dataset
+
+    def vectors(texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        unique = list(dict.fromkeys(texts))
+        out = []
+        for chunk in batches(unique, batch_size):
+            inputs = {k: v.to(device) for k, v in data.encode([(t, None) for t in chunk], max_length).items()}
+            hidden = model(**inputs).last_hidden_state
+            out.append(embed(hidden, inputs["attention_mask"], pooling, normalize=True).float().cpu())
+        return dict(zip(unique, torch.cat(out))) if out else {}
+
+    qs = vectors([data.query_prefix + e["query"] for e in examples], data.query_max_length)
+    ds = vectors([data.doc_prefix + e["doc"] for e in examples], data.max_length)
+    return [float(qs[data.query_prefix + e["query"]] @ ds[data.doc_prefix + e["doc"]]) for e in examples]
+
+
+def rerank_baselines(data, embedder, batch_size: int, k: int = 10) -> dict[str, Any]:
+    """What a reranker has to beat on the same candidates, as ``cosine/<metric>`` (the zero-shot bi-encoder cosine
+    of the run's backbone) and, when the rows carry a ``rank`` (the retriever's original order, e.g. MEDIQA's
+    ``system_rank``), ``original_order/<metric>``."""
+    from medlab.retrieval.evaluation import rerank_report
+
+    examples = data.train_dataset
+    labels, grades, groups = ([e[f] for e in examples] for f in ("label", "grade", "group"))
+    out: dict[str, Any] = {}
+    if embedder is not None:
+        report = rerank_report(cosine_scores(embedder, data, batch_size), labels, grades, groups, k=k)
+        out.update({f"cosine/{m}": v for m, v in report.items() if not m.startswith("num_")})
+    if examples and all(e.get("rank") is not None for e in examples):
+        report = rerank_report([-float(e["rank"]) for e in examples], labels, grades, groups, k=k)
+        out.update({f"original_order/{m}": v for m, v in report.items() if not m.startswith("num_")})
+    return out

@@ -30,7 +30,7 @@ class CausalLM(L.LightningModule):
     owns_backward = False
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, mode: str = "sft", loss_impl: str = "chunked",
-                 loss_chunk_size: int | None = None, **optim):
+                 loss_chunk_size: int | None = None, tool_routing=None, **optim):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"objective.mode={mode!r}; expected one of {MODES}")
@@ -42,6 +42,7 @@ class CausalLM(L.LightningModule):
         self.optim = OptimSettings(**{"lr": 2e-4, "betas": (0.9, 0.95), "min_lr_ratio": 0.1, **optim})
         self.estimated_stepping_batches = 1  # set by the loop before configure_optimizers
         self.flops_seq_len: int | None = None  # bind_data: the attention term of MFU
+        self.tool_routing = tool_routing  # optional: medlab.rl.tool_routing.ToolRouting (val/tool_routing_acc)
 
     @classmethod
     def config_problems(cls, cfg) -> list[str]:
@@ -53,6 +54,8 @@ class CausalLM(L.LightningModule):
 
     def bind_data(self, data) -> None:
         self.flops_seq_len = data.max_length
+        if self.tool_routing is not None:
+            self.tool_routing.bind(data)
 
     def forward(self, batch: dict) -> torch.Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
@@ -113,6 +116,8 @@ class CausalLM(L.LightningModule):
     def validation_metrics(self, metrics: dict) -> dict:
         if "val/loss" in metrics:
             metrics["val/ppl"] = math.exp(min(metrics["val/loss"], 50.0))
+        if self.tool_routing is not None:  # greedy tool calls on the held-out conversations
+            metrics.update({f"val/{k}": v for k, v in self.tool_routing(self.model, self.tokenizer).items()})
         return metrics
 
     # The loop weights micro-batches by label tokens, so accumulation equals one big batch exactly.
