@@ -4,6 +4,8 @@
     python -m medlab.prepare prepare.path=[a.jsonl,b.json] prepare.out=qa.parquet prepare.task=qa prepare.val_size=0.05
     python -m medlab.prepare ... 'prepare.steps=[nfkc,whitespace,near_dedup]' prepare.threshold=0.85
     python -m medlab.prepare ... prepare.dedup_mode=split_only prepare.val_size=200   # keep duplicates, one side
+    python -m medlab.prepare prepare.path=pairs.csv prepare.out=pref.jsonl prepare.task=preference   # data=preference
+    python -m medlab.prepare prepare.path=hf://org/name prepare.hf_split=train prepare.out=o.jsonl prepare.task=sft
 
 A Hydra app (``medlab.commands.app``); the options are declared, with comments, in ``conf/commands/prepare.yaml``.
 The output is read by the matching ``data=`` config as it is (``data.path=OUT``); ``prepare_report.json`` beside it

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medlab.export.gguf import DEFAULT_QUANT, GGUFExporter
+from medlab.export.gguf_mix import DEFAULT_MIX
 from medlab.export.hf import ChatExport, export_merged, export_model, is_peft
 from medlab.export.merge import merge_into_dequantized, quantized_layers
 from medlab.export.quantized import BnbExporter
@@ -128,7 +129,7 @@ def format_names(value: Any) -> list[str]:
 def selected_exporters(cfg: Any) -> list[Any]:
     """The exporters a run's ``export`` config selects, in order: ``hf`` (``export.enabled``), ``merged``
     (``export.merge_lora``), then ``export.format``'s names (``hf`` first: ``merged`` merges its adapter).
-    ``gguf`` is bound to ``export.quant``; a format named in ``export.format`` also verifies itself."""
+    ``gguf`` is bound to ``export.quant`` / ``export.gguf_mix`` / ``export.tensor_types``; a format named in ``export.format`` also verifies itself."""
     export = cfg.get("export") or {}
     named = format_names(export.get("format"))
     names = (["hf"] if export.get("enabled") or "hf" in named else []) + (
@@ -141,7 +142,9 @@ def selected_exporters(cfg: Any) -> list[Any]:
         elif n == "merged":
             out.append(MergedExporter(verify="merged" in named))
         elif n == "gguf":
-            out.append(GGUFExporter(str(export.get("quant") or DEFAULT_QUANT)))
+            overrides = export.get("tensor_types")
+            out.append(GGUFExporter(str(export.get("quant") or DEFAULT_QUANT), str(export.get("gguf_mix") or DEFAULT_MIX),
+                                    dict(overrides) if hasattr(overrides, "items") else None))
         elif n in EXPORTERS:
             out.append(EXPORTERS[n])
         else:

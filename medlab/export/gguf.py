@@ -9,11 +9,12 @@ The tokenizer is embedded (``tokenizer.ggml.model = gpt2``: byte-level BPE token
 bos/eos/pad ids and the chat template the run trained with).
 
 Quantization (``export.quant``) uses the ``gguf`` package's numpy quantizers (``gguf.quants.quantize``):
-``f16``, ``bf16``, ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``. As in llama.cpp, 1-D tensors (norms, biases)
-stay F32, and a 2-D tensor whose rows are not a whole number of quantization blocks (32 values) is written in F16
-instead (the export report lists them). For the 4/5-bit types the output head (``output.weight``, or
-``token_embd`` when the embeddings are tied to it) is Q8_0, as llama-quantize keeps it at higher precision (Q6_K,
-which the numpy quantizers do not have). K-quants (``q4_k_m``, ``q5_k_m``, ``q6_k``, ...) need llama.cpp's C++
+``f16``, ``bf16``, ``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``. The type of each tensor follows llama.cpp's
+rules (`medlab.export.gguf_mix`, ``export.gguf_mix`` / ``export.tensor_types``): 1-D tensors (norms, biases) stay
+F32; for the 4/5-bit types the output head (``output.weight``, or ``token_embd`` when the embeddings are tied to it)
+is Q8_0 (llama-quantize: Q6_K, which the numpy quantizers do not have); the ``medlab`` mix promotes ``attn_v`` /
+``ffn_*`` of a ``q4_0`` export; a 2-D tensor whose rows are not a whole number of quantization blocks (32 values)
+is written in F16 (the export report lists them and counts every type per tensor kind). K-quants (``q4_k_m``, ``q5_k_m``, ``q6_k``, ...) need llama.cpp's C++
 ``llama-quantize`` tool: export ``f16`` here, then ``llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M``.
 """
 
@@ -26,13 +27,22 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medlab.export.gguf_mix import (
+    DEFAULT_MIX,
+    bits_per_weight,
+    head_name,
+    mix_problems,
+    planned_types,
+    summary,
+)
+from medlab.export.gguf_mix import tensor_types as _tensor_types
+
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("llama", "qwen2")
 QUANTS = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_nl")
 DEFAULT_QUANT = "f16"
-LOW_BIT = ("q4_0", "q4_1", "q5_0", "q5_1")  # their output head is written in Q8_0 (llama-quantize: Q6_K)
 
 # HF parameter name (per layer, after "model.layers.N.") -> GGUF tensor name (after "blk.N.")
 _LAYER_NAMES = {
@@ -169,18 +179,19 @@ def add_tokenizer(writer: Any, tokenizer: Any, chat_template: str | None, vocab_
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = DEFAULT_QUANT,
-               chat_template: str | None = None) -> dict[str, Any]:
-    """Write a full-precision llama / qwen2 ``model`` (no adapter) to ``path``; returns what was written
-    (the tensors that fell back to F16 because their rows are not whole quantization blocks)."""
+               chat_template: str | None = None, mix: str = DEFAULT_MIX,
+               tensor_types: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write a full-precision llama / qwen2 ``model`` (no adapter) to ``path``, each tensor in the type
+    `medlab.export.gguf_mix` gives it (``mix``, ``tensor_types`` overrides); returns what was written: the types per
+    tensor kind, the bits per weight and the tensors that fell back to F16 (rows not whole quantization blocks)."""
     import gguf
 
-    quant = quant.lower()
-    problems = quant_problems(quant)
+    quant, path = quant.lower(), Path(path)
+    problems = quant_problems(quant) + mix_problems(mix, tensor_types, QUANTS)
     config = model.config
     problems += arch_problems(config.model_type)
     if problems:
         raise ValueError("; ".join(problems))
-    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
     arch = config.model_type
     writer = gguf.GGUFWriter(str(path), arch)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -199,22 +210,17 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = DEFAULT_QUAN
                          else int(gguf.LlamaFileType.MOSTLY_F16))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(writer, tokenizer, chat_template, int(config.vocab_size))
-    fallback = []
-    # llama-quantize keeps the output head (output.weight, or token_embd when tied to it) at higher precision
-    # (Q6_K) for 4/5-bit types; the numpy quantizers have no Q6_K, so it is Q8_0 here
-    head = "token_embd.weight" if getattr(config, "tie_word_embeddings", False) else "output.weight"
-    head_type = gguf.GGMLQuantizationType.Q8_0 if quant in LOW_BIT else qtype
-    for name, arr in gguf_tensors(model.state_dict(), config):
-        if arr.ndim <= 1:
+    tensors = gguf_tensors(model.state_dict(), config)
+    shapes = {name: arr.shape for name, arr in tensors}
+    planned = planned_types(shapes, quant, mix, tensor_types)
+    types = _tensor_types(shapes, quant, mix, tensor_types)
+    fallback = [name for name in types if types[name] != planned[name]]
+    for name, arr in tensors:
+        if types[name] == "f32":
             writer.add_tensor(name, arr.astype(np.float32))
             continue
-        want = head_type if name == head else qtype
-        try:
-            data, dtype = gguf.quants.quantize(arr, want), want
-        except gguf.QuantError:
-            data, dtype = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.F16), gguf.GGMLQuantizationType.F16
-            fallback.append(name)
-        writer.add_tensor(name, data, raw_dtype=dtype)
+        dtype = getattr(gguf.GGMLQuantizationType, types[name].upper())
+        writer.add_tensor(name, gguf.quants.quantize(arr, dtype), raw_dtype=dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -222,7 +228,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = DEFAULT_QUAN
     if fallback:
         log.info("GGUF %s: %d tensor(s) written in F16 (rows not a multiple of the block size): %s",
                  quant, len(fallback), ", ".join(fallback))
-    return {"quant": quant, "file": path.name, "output_head_type": head_type.name.lower(),
+    return {"quant": quant, "file": path.name, "gguf_mix": mix, "output_head_type": types[head_name(shapes)],
+            "tensor_types": summary(types), "bits_per_weight": round(bits_per_weight(types, shapes), 3),
             "f16_fallback_tensors": fallback}
 
 
@@ -252,12 +259,16 @@ class GGUFExporter:
     name = "gguf"
     out_subdir = "export_gguf"
 
-    def __init__(self, quant: str = DEFAULT_QUANT) -> None:
-        self.quant = quant
+    def __init__(self, quant: str = DEFAULT_QUANT, mix: str = DEFAULT_MIX,
+                 tensor_types: dict[str, str] | None = None) -> None:
+        self.quant, self.mix, self.tensor_types = quant, mix, dict(tensor_types or {})
 
     def problems(self, cfg: Any) -> list[str]:
         export = cfg.get("export") or {}
         out = quant_problems(export.get("quant") or self.quant)
+        overrides = export.get("tensor_types")
+        out += mix_problems(export.get("gguf_mix"), dict(overrides) if hasattr(overrides, "items") else overrides,
+                            QUANTS)
         model_type = model_type_of(cfg)
         if model_type is not None:
             out += arch_problems(model_type)
@@ -272,7 +283,8 @@ class GGUFExporter:
         quant = str(self.quant or DEFAULT_QUANT).lower()
         source = full_precision_model(model, load_base, out_dir.parent)
         path = out_dir / gguf_name(quant)
-        info = write_gguf(source, tokenizer, path, quant, chat.template if chat is not None else None)
+        info = write_gguf(source, tokenizer, path, quant, chat.template if chat is not None else None,
+                          mix=str(self.mix or DEFAULT_MIX), tensor_types=self.tensor_types)
         loaded, _ = load_gguf(path)
         entry = {**info, "path": str(path), **compare(source, loaded, tokenizer), "size_bytes": size_bytes(path)}
         write_report(out_dir.parent / REPORT_DIR, self.name, entry)

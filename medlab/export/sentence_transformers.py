@@ -66,6 +66,7 @@ def write_retrieval_files(model: Any, tokenizer: Any, out_dir: str | Path, objec
         notes = _bi_encoder(model, tokenizer, out_dir, objective_cfg, data_cfg)
     else:
         notes = _cross_encoder(model, tokenizer, out_dir, data_cfg)
+        notes += _cosine_prior(model, tokenizer, out_dir, objective_cfg, data_cfg)
     _write_readme(out_dir, task, notes, data_cfg, objective_cfg)
     return notes
 
@@ -162,6 +163,42 @@ def _cross_encoder(model, tokenizer, out_dir: Path, data: dict) -> list[str]:
                      "`CrossEncoder.predict`.")
     if _is_adapter(out_dir):
         notes.append(_ADAPTER_NOTE)
+    return notes
+
+
+PRIOR_FILE = "medlab_reranker.json"
+
+
+def _cosine_prior(model, tokenizer, out_dir: Path, objective: dict, data: dict) -> list[str]:
+    """``objective.prior=cosine``: the reranker's score is ``prior_scale * cos(E(q), E(d)) + CrossEncoder(q, d)``.
+    sentence-transformers has no single model for that sum, so the export holds both halves: the CrossEncoder files
+    (the learned correction) and, when the cosine branch is the reranker's own fine-tuned backbone
+    (``prior_trainable``), the SentenceTransformer files of that backbone (pooling + normalize) in the same
+    directory; ``medlab_reranker.json`` states the formula and the scale; the README says how to add them up."""
+    if str(objective.get("prior") or "none") != "cosine":
+        return []
+    scale, pooling = float(objective.get("prior_scale", 20.0)), str(objective.get("prior_pooling") or "mean")
+    trainable, learned = bool(objective.get("prior_trainable", True)), bool(objective.get("prior_learn_scale"))
+    _write(out_dir / PRIOR_FILE, {"score": "prior_scale * cos(E(query), E(document)) + cross_encoder(query, document)",
+                                  "prior_scale": None if learned else scale, "pooling": pooling,
+                                  "bi_encoder": "this directory (SentenceTransformer)" if trainable else
+                                  "the run's base model, untrained (objective.prior_trainable=false)"})
+    notes = [f"this reranker scores `{scale:g} * cos(E(q), E(d)) + CrossEncoder(q, d)` (`objective.prior=cosine`): "
+             "`CrossEncoder(export).predict` returns the learned correction alone, not the reranker's score. Add the "
+             "cosine term: " + ("`SentenceTransformer(export)` is E (the reranker's fine-tuned encoder, "
+                                f"{pooling} pooling, normalized), so `{scale:g} * (bi.encode(queries) * "
+                                "bi.encode(documents)).sum(-1) + CrossEncoder(export).predict(pairs)` is the "
+                                "reranker's score." if trainable else
+                                "E is the untrained base model of the run (`objective.prior_trainable=false`), which "
+                                "this export does not contain: encode with it (sentence-transformers, "
+                                f"{pooling} pooling, normalized) and add the scaled cosine.")]
+    if learned:
+        notes.append("the cosine's scale was learned (`objective.prior_learn_scale=true`) and is not in the exported "
+                     "model: read `prior.log_scale` from the run's checkpoint (scale = exp(log_scale)) or score with "
+                     "medlab.")
+    if trainable:  # the bi-encoder half: the same weights through sentence-transformers' embedding pipeline
+        bi_notes = _bi_encoder(model, tokenizer, out_dir, {"pooling": pooling, "normalize": True}, data)
+        notes += [n for n in bi_notes if n != _ADAPTER_NOTE]
     return notes
 
 

@@ -1,6 +1,9 @@
 """Text cleaning for `medlab.data.prepare`: pure functions on one string (no I/O, no state).
 
-- `nfkc`: Unicode NFKC + control / zero-width characters removed (newline and tab kept);
+- `nfkc`: Unicode NFKC + control / zero-width characters removed (newline and tab kept); in a text with CJK
+  characters the full-width punctuation Chinese is written with (，：；！？（） ... and the ellipsis …) is kept
+  (plain NFKC would turn it into ASCII; ``keep_fullwidth_cjk=False`` does). Full-width letters and digits (ＡＢ１２)
+  always become ASCII, and 。、「」《》【】“” are not touched by NFKC anyway;
 - `strip_markup`: HTML tags, comments, script/style blocks and entities (``&amp;`` -> ``&``);
 - `squeeze_whitespace`: runs of spaces/tabs -> one space, lines stripped, 3+ newlines -> 2;
 - `script_counts` / `language_of`: CJK vs Latin letters (the ``language`` step keeps rows by script ratio);
@@ -21,9 +24,25 @@ _KEEP_CONTROL = {"\n", "\t"}
 _ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"}
 
 
-def nfkc(text: str) -> str:
-    """NFKC, then control characters (category Cc except newline/tab; ``\\r`` -> newline) and zero-width ones out."""
-    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+# the full-width punctuation NFKC maps to ASCII (U+FF01-FF5E minus letters and digits), and the ellipsis
+FULLWIDTH_PUNCT = frozenset(chr(c) for c in range(0xFF01, 0xFF5F) if not chr(c).isalnum()) | {"\u2026"}
+_FULLWIDTH_RUN = re.compile("([" + re.escape("".join(sorted(FULLWIDTH_PUNCT))) + "])")
+
+
+def _nfkc_keeping(text: str, keep: frozenset) -> str:
+    """NFKC of everything but the characters in `keep` (they separate the pieces that are normalized)."""
+    parts = _FULLWIDTH_RUN.split(text)
+    return "".join(p if p in keep else unicodedata.normalize("NFKC", p) for p in parts)
+
+
+def nfkc(text: str, keep_fullwidth_cjk: bool = True) -> str:
+    """NFKC, then control characters (category Cc except newline/tab; ``\\r`` -> newline) and zero-width ones out.
+    ``keep_fullwidth_cjk``: a text with CJK characters keeps its full-width punctuation (`FULLWIDTH_PUNCT`)."""
+    if keep_fullwidth_cjk and any(_is_cjk(ch) for ch in text):
+        text = _nfkc_keeping(text, FULLWIDTH_PUNCT)
+    else:
+        text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     return "".join(ch for ch in text if ch in _KEEP_CONTROL or not (
         unicodedata.category(ch) == "Cc" or ch in _ZERO_WIDTH))
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from medlab.data.errors import DataError, RowProblem, RowProblems
+from medlab.data import registry
 from medlab.data.prepare import clean
+from medlab.data.prepare import inputs as I
 from medlab.data.prepare import tasks as T
 from medlab.data.prepare.dedup import NearDuplicates, UnionFind, exact_key
-from medlab.data.readers import as_path_list, read_located
 
 STEPS = ("nfkc", "html", "whitespace", "length", "language", "pii", "exact_dedup", "near_dedup")
 LANGUAGES = ("zh", "en")
@@ -27,13 +28,15 @@ DEFAULTS: dict[str, Any] = {
     "path": None, "out": None, "task": None, "format": "auto", "fields": {}, "steps": list(STEPS),
     "min_chars": 1, "max_chars": None, "languages": list(LANGUAGES), "language_threshold": 0.5,
     "num_perm": 128, "threshold": 0.8, "dedup_mode": "remove", "val_size": 0, "val_out": None, "seed": 0,
-    "progress": True,
+    "progress": True, "keep_fullwidth_cjk": True, "hf_split": "train", "hf_config": None,
+    "margin_from_score": False, "margin_scale": 1.0, "max_pairs_per_group": None,
 }
 
 
 def settings_of(settings: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(DEFAULTS)
-    out.update({k: v for k, v in dict(settings).items() if v is not None or k in ("max_chars", "val_out")})
+    out.update({k: v for k, v in dict(settings).items()
+                if v is not None or k in ("max_chars", "val_out", "hf_config", "max_pairs_per_group")})
     return out
 
 
@@ -42,10 +45,11 @@ def problems(settings: Mapping[str, Any]) -> list[str]:
     s, out = settings_of(settings), []
     paths = []
     if not s["path"]:
-        out.append("prepare.path is required: the input file(s) (.jsonl/.json/.csv/.parquet/.txt or a saved dataset)")
+        out.append("prepare.path is required: the input file(s) (.jsonl/.json/.csv/.parquet/.txt, a saved dataset "
+                   "or hf://NAME)")
     else:
-        paths = [s["path"]] if isinstance(s["path"], (str, Path)) else list(s["path"])
-        out += [f"prepare.path: no such file or directory: {p}" for p in paths if not Path(p).exists()]
+        paths = I.input_list(s["path"])
+        out += [f"prepare.path: no such file or directory: {p}" for p in paths if I.missing(p)]
     if not s["out"]:
         out.append("prepare.out is required: the output file (.jsonl or .parquet)")
     elif Path(s["out"]).suffix.lower() not in OUT_TYPES:
@@ -66,6 +70,9 @@ def problems(settings: Mapping[str, Any]) -> list[str]:
     for key, lo, hi in (("threshold", 0.0, 1.0), ("language_threshold", 0.0, 1.0)):
         if not isinstance(s[key], (int, float)) or not lo < float(s[key]) <= hi:
             out.append(f"prepare.{key}={s[key]!r} must be a number in ({lo}, {hi}]")
+    mp = s["max_pairs_per_group"]
+    if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or mp < 1):
+        out.append(f"prepare.max_pairs_per_group={mp!r} must be null or an integer >= 1")
     if not isinstance(s["num_perm"], int) or s["num_perm"] < 16:
         out.append(f"prepare.num_perm={s['num_perm']!r} must be an integer >= 16")
     v = s["val_size"]
@@ -106,10 +113,11 @@ def _progress(rows: Iterator, desc: str, enabled: bool) -> Iterator:
 
 
 def _read(s: dict, report: StepReport, info: dict) -> Iterator[tuple[int, dict]]:
-    """(row id, task row) for every good record of every input; bad ones are counted (``bad_row``)."""
+    """(row id, task row) for every good record of every input; bad ones are counted (``bad_row``). Preference
+    judgments are paired per group once their file is read (`_judgment_pairs`)."""
     row_id = 0
-    for path in as_path_list(s["path"]):
-        records = read_located(path)
+    for path in I.input_list(s["path"]):
+        records = I.read_input(path, s["hf_split"], s["hf_config"])
         for bad in records.unparsable:
             report.counts[bad.reason] += 1
             report.remove(str(bad.where), bad.message)
@@ -123,6 +131,8 @@ def _read(s: dict, report: StepReport, info: dict) -> Iterator[tuple[int, dict]]
                             f"(set prepare.fields.<canonical>=<column> or prepare.format)")
         info.setdefault("formats", {})[str(path)] = fmt
         info["format"] = fmt
+        judged = s["task"] == "preference" and registry.get(fmt).row == "judged"
+        pending: list[dict] = []
         for index, record in enumerate(dataset):
             record = {rename.get(k, k): v for k, v in record.items()}
             try:
@@ -133,9 +143,37 @@ def _read(s: dict, report: StepReport, info: dict) -> Iterator[tuple[int, dict]]
                 report.remove(records.where(index), ", ".join(reasons))
                 continue
             info["rows_in"] += 1
+            if judged:
+                pending.append({**row, "row": index, "source": records.where(index)})
+                continue
+            if s["task"] == "toolcall":
+                report.counts["rows_with_tool_calls" if T.TC.has_calls(row) else "rows_without_tool_calls"] += 1
             yield row_id, {"_fmt": fmt, **row}
             row_id += 1
+        if judged:
+            for row in _judgment_pairs(pending, s, report):
+                yield row_id, {"_fmt": fmt, **row}
+                row_id += 1
         info["rows_read"] = info.get("rows_read", 0) + len(dataset) + len(records.unparsable)
+
+
+def _judgment_pairs(judged: list[dict], s: dict, report: StepReport) -> Iterator[dict]:
+    """Every higher-vs-lower pair of documents within a query (`medlab.data.preference_rows.judgment_pairs`), as
+    canonical pair rows; the counts (groups, groups without a pair, pairs) go to the read step."""
+    from medlab.data.preference_rows import judgment_pairs
+
+    pairs, counts = judgment_pairs(judged, margin_from_score=bool(s["margin_from_score"]),
+                                   margin_scale=float(s["margin_scale"]),
+                                   max_pairs_per_group=s["max_pairs_per_group"])
+    report.counts.update(counts)
+    report.counts["pairs_from_judgments"] += len(pairs)
+    for pair in pairs:
+        try:
+            yield T.P.pair_out(pair)
+        except (RowProblem, RowProblems) as problem:  # two documents that are the same text
+            reasons = [p.reason for p in getattr(problem, "problems", [problem])]
+            report.counts.update(reasons)
+            report.remove(str(pair.get("source")), ", ".join(reasons))
 
 
 def _text_step(rows, task: str, fn, report: StepReport):
@@ -189,7 +227,8 @@ def _exact_step(rows, task: str, s: dict, report: StepReport, uf: UnionFind):
     seen: dict[bytes, int] = {}
     for rid, row in rows:
         text = T.dedup_text(task, row)
-        key = exact_key(text)
+        parts = T.dedup_parts(task, row)
+        key = exact_key(text) if len(parts) == 1 else exact_key("\x1f".join(exact_key(p).hex() for p in parts))
         first = seen.setdefault(key, rid)
         if first != rid:
             uf.union(rid, first)
@@ -210,7 +249,7 @@ def _near_step(rows, task: str, s: dict, report: StepReport, uf: UnionFind):
             report.counts["rows_in_clusters"] += 1
         kept.append((rid, row, bool(matches)))
     for rid, row, matched in kept:
-        if matched and s["dedup_mode"] == "remove":
+        if matched and s["dedup_mode"] == "remove" and T.near_removes(task):
             report.remove(T.dedup_text(task, row), "near duplicate")
             continue
         yield rid, row
@@ -229,6 +268,16 @@ def _valid_step(rows, task: str, report: StepReport):
             report.remove(T.full_text(task, clean_row), ", ".join(reasons))
             continue
         yield rid, clean_row
+
+
+def _same_prompt_together(rows, task: str, uf: UnionFind):
+    """Rows with the same group text (preference: the pairs of one prompt) join one cluster: one side of the split."""
+    first: dict[bytes, int] = {}
+    for rid, row in rows:
+        text = T.group_text(task, {k: v for k, v in row.items() if k != "_fmt"})
+        if text is not None:
+            uf.union(rid, first.setdefault(exact_key(text), rid))
+        yield rid, row
 
 
 def split(ids: list[int], uf: UnionFind, val_size: float | int, seed: int) -> set[int]:
@@ -287,11 +336,15 @@ def prepare(settings: Mapping[str, Any]) -> dict:
     reports = [StepReport("read")]
     uf = UnionFind()
     rows: Iterator = _progress(_read(s, reports[0], info), "read", s["progress"])
+    if task == "preference":
+        rows = _same_prompt_together(rows, task, uf)
     for name in s["steps"]:
         report = StepReport(name)
         reports.append(report)
         if name in ("nfkc", "html", "whitespace"):
-            fn = {"nfkc": clean.nfkc, "html": clean.strip_markup, "whitespace": clean.squeeze_whitespace}[name]
+            keep = bool(s["keep_fullwidth_cjk"])
+            fn = {"nfkc": lambda text: clean.nfkc(text, keep), "html": clean.strip_markup,
+                  "whitespace": clean.squeeze_whitespace}[name]
             rows = _text_step(rows, task, fn, report)
         elif name == "pii":
             rows = _pii_step(rows, task, report)
@@ -310,7 +363,7 @@ def prepare(settings: Mapping[str, Any]) -> dict:
     train = [row for rid, row in kept if rid not in held]
     write_rows(train, out)
     result = {"task": task, "format": info.get("format"), "formats": info.get("formats", {}),
-              "inputs": [str(p) for p in as_path_list(s["path"])], "out": str(out),
+              "inputs": I.input_list(s["path"]), "out": str(out),
               "rows_in": info.get("rows_read", info["rows_in"]), "rows_out": len(kept), "train_rows": len(train),
               "val_rows": len(held), "dedup_mode": s["dedup_mode"],
               "steps": [r.as_dict() for r in reports if r.name != "valid" or r.removed]}

@@ -1,4 +1,4 @@
-"""The four tasks of `medlab.data.prepare`: how a record becomes the canonical row a `data=` config reads, which
+"""The tasks of `medlab.data.prepare`: how a record becomes the canonical row a `data=` config reads, which
 of its strings are cleaned, and which text is compared for length, language and duplicates.
 
 - ``sft``: chat formats with messages (alpaca, sharegpt, openai, toolcall) -> ``{"messages": [{role, content}],
@@ -7,7 +7,11 @@ of its strings are cleaned, and which text is compared for length, language and 
 - ``qa``: the ``qa`` prompt format -> ``{question, options, answer, contexts}`` (+ the file's other columns);
   duplicates compare question + answer;
 - ``retrieval``: ``pairs`` / ``groups`` -> ``{query, positive[, negatives]}``, ``triples`` ->
-  ``{query, doc, label[, score][, group]}``; duplicates compare query + positive (triples: query + doc).
+  ``{query, doc, label[, score][, group]}``; duplicates compare query + positive (triples: query + doc);
+- ``preference``: pairs / conversations + chosen/rejected / unpaired / judgments -> ``{prompt, chosen, rejected[,
+  system][, margin]}`` or ``{prompt, completion, label[, system]}`` (`medlab.data.prepare.preference`);
+- ``toolcall``: function-calling conversations -> ``{messages (with tool_calls), tools}``
+  (`medlab.data.prepare.toolcall`); duplicates compare the contents and the calls.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ from typing import Any
 
 from medlab.data import fields as F
 from medlab.data import registry
+from medlab.data.prepare import preference as P
+from medlab.data.prepare import toolcall as TC
 from medlab.data.prompt_rows import ALIASES as QA_ALIASES
 from medlab.data.prompt_rows import CANONICAL as QA_CANONICAL
 
-TASKS = ("sft", "pretrain", "qa", "retrieval")
-KIND = {"sft": "chat", "pretrain": "chat", "qa": "prompts", "retrieval": "retrieval"}
+TASKS = ("sft", "pretrain", "qa", "retrieval", "preference", "toolcall")
+KIND = {"sft": "chat", "pretrain": "chat", "qa": "prompts", "retrieval": "retrieval", "preference": "preference",
+        "toolcall": "chat"}
+TOOLCALL_FORMATS = ("toolcall",)  # the chat format with a tools column (glaive / OpenAI tool turns)
 RETRIEVAL_CANONICAL = ("query", "positive", "negatives", "doc", "label", "score", "group")
 
 
@@ -30,6 +38,11 @@ def canonical_names(task: str, columns, fields: Mapping[str, str] | None) -> dic
     fields = F.mapped(fields)
     if task == "qa":
         resolved = F.resolve(columns, fields, QA_CANONICAL, QA_ALIASES)
+    elif task == "preference":
+        from medlab.data.preference_rows import ALIASES as PREF_ALIASES
+        from medlab.data.preference_rows import CANONICAL as PREF_CANONICAL
+
+        resolved = F.resolve(columns, fields, PREF_CANONICAL, PREF_ALIASES)
     else:
         resolved = {name: column for name, column in fields.items()}
     return {column: name for name, column in resolved.items() if column in columns}
@@ -39,6 +52,8 @@ def choose_format(task: str, fmt: str, columns, first: Mapping[str, Any] | None)
     kind = KIND[task]
     if fmt and fmt != "auto":
         return fmt
+    if task == "toolcall":
+        return registry.detect(kind, columns, first) if set(columns) & {"conversations", "messages"} else None
     if task == "sft":
         candidates = sorted((registry.get(n) for n in registry.names(kind)), key=lambda f: f.order)
         cols = set(columns)
@@ -54,6 +69,8 @@ def format_problem(task: str, fmt: str) -> str | None:
         return f"prepare.format={fmt!r} is not a registered format (known: {', '.join(registry.names(KIND[task]))})"
     if KIND[task] not in spec.kinds or (task == "sft" and spec.row != "messages"):
         return f"prepare.format={fmt!r} does not give {task} rows"
+    if task == "toolcall" and fmt not in TOOLCALL_FORMATS:
+        return f"prepare.format={fmt!r} does not give toolcall rows (toolcall: {', '.join(TOOLCALL_FORMATS)})"
     return None
 
 
@@ -66,6 +83,11 @@ def to_row(task: str, fmt: str, record: Mapping[str, Any]) -> dict:
     spec = registry.get(fmt)
     if task == "qa":
         return spec.normalize(record)
+    if task == "preference":
+        row = spec.normalize(record)
+        if spec.row == "judged":  # paired later, per group (medlab.data.prepare.pipeline)
+            return row
+        return P.unpaired_out(row) if spec.row == "unpaired" else P.pair_out(row)
     if task == "retrieval":
         unit = spec.normalize(record, check_images=False)
         if fmt == "triples":
@@ -96,13 +118,17 @@ def to_row(task: str, fmt: str, record: Mapping[str, Any]) -> dict:
     out = {"messages": messages}
     if row.get("tools"):
         out["tools"] = row["tools"]
+    if task == "toolcall":
+        TC.check(out)
     return out
 
 
 def output_format(task: str, fmt: str) -> str:
     """The format name the written row is in (what checks it again after cleaning)."""
-    return {"sft": "toolcall" if fmt == "toolcall" else "openai", "pretrain": "text", "qa": "qa"}.get(
-        task, "triples" if fmt == "triples" else "pairs")
+    if task == "preference":
+        return P.output_format(fmt)
+    return {"sft": "toolcall" if fmt == "toolcall" else "openai", "pretrain": "text", "qa": "qa",
+            "toolcall": "toolcall"}.get(task, "triples" if fmt == "triples" else "pairs")
 
 
 def check_row(task: str, fmt: str, row: Mapping[str, Any]) -> None:
@@ -110,14 +136,20 @@ def check_row(task: str, fmt: str, row: Mapping[str, Any]) -> None:
     out_fmt = output_format(task, fmt)
     options = {"check_images": False} if task == "retrieval" else {}
     registry.get(out_fmt).normalize(dict(row), **options)
+    if task == "preference":
+        P.check_distinct(row)
+    elif task == "toolcall":
+        TC.check(row)
 
 
 def map_texts(task: str, row: dict, fn: Callable[[str], str]) -> dict:
     """`row` with `fn` applied to every text it holds (contents, question/options/contexts, query/documents)."""
-    if task == "sft":
+    if task in ("sft", "toolcall"):
         return {**row, "messages": [{**m, "content": fn(m["content"])} for m in row["messages"]]}
     if task == "pretrain":
         return {**row, "text": fn(row["text"])}
+    if task == "preference":
+        return P.map_texts(row, fn)
     out = dict(row)
     keys = ("question", "contexts", "answer") if task == "qa" else ("query", "positive", "negatives", "doc")
     for key in keys:
@@ -139,7 +171,11 @@ def full_text(task: str, row: Mapping[str, Any]) -> str:
 
 
 def dedup_text(task: str, row: Mapping[str, Any]) -> str:
-    """The text duplicates are compared on."""
+    """The text near-duplicates are compared on (preference: the prompt, see `near_removes`)."""
+    if task == "preference":
+        return P.prompt_text(row)
+    if task == "toolcall":
+        return "\n".join(m["content"] for m in row["messages"]) + "\n" + TC.calls_text(row)
     if task == "sft":
         return "\n".join(m["content"] for m in row["messages"])
     if task == "pretrain":
@@ -153,3 +189,22 @@ def dedup_text(task: str, row: Mapping[str, Any]) -> str:
     positive = row.get("positive", row.get("doc"))
     positive = "\n".join(positive) if isinstance(positive, list) else _plain(positive)
     return f"{row['query']}\n{positive}"
+
+
+def dedup_parts(task: str, row: Mapping[str, Any]) -> list[str]:
+    """The parts exact duplicates agree on, each compared on its own (preference: system, prompt, chosen,
+    rejected; unpaired: prompt, completion, label); one part, the near-dedup text, for the other tasks."""
+    if task == "preference":
+        return P.texts(row)
+    return [dedup_text(task, row)]
+
+
+def near_removes(task: str) -> bool:
+    """Whether near_dedup removes rows. Preference: no -- it clusters near-duplicate *prompts* so their pairs stay
+    on one side of the split; the pairs of one prompt differ by design."""
+    return task != "preference"
+
+
+def group_text(task: str, row: Mapping[str, Any]) -> str | None:
+    """Rows with the same group text stay on one side of the split (preference: the pairs of one prompt)."""
+    return P.prompt_text(row) if task == "preference" else None
