@@ -285,7 +285,7 @@ def test_readme_retrieval_mapping_on_triples_sets_up_and_runs(tmp_path):
     assert collect_problems(cfg) == []
     data = instantiate(cfg.data)
     counts = data.setup(None)
-    assert counts["train/examples"] + counts["val/examples"] == 36
+    assert counts["train/rows"] + counts["val/rows"] == 36  # (train examples: the reranker's lists of 8)
     assert data.validate() == [] and data.val_size == 3  # 12 queries: at least 8, but at most a quarter
     assert {e["group"] for e in data.val_dataset} and not {e["group"] for e in data.val_dataset} & {
         e["group"] for e in data.train_dataset}

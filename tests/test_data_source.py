@@ -133,8 +133,10 @@ def _feed(x, h) -> None:
 
 def data_fingerprint(experiment: str, tokenizer, run_dir) -> tuple[dict, str]:
     """(sorted counts, hash of the first three collated train batches) of an experiment's data."""
-    cfg = compose(experiment, ["data.cache_dir=null"] if experiment in ("sft", "cpt", "sft_toolcall") else [],
-                  run_dir=run_dir)
+    overrides = ["data.cache_dir=null"] if experiment in ("sft", "cpt", "sft_toolcall") else []
+    if experiment == "reranker":  # its pairs pipeline (the default recipe's graded lists + side encodings: issue 16)
+        overrides = ["data.list_size=null", "data.pair_sides=false", "data.batch_size=16"]
+    cfg = compose(experiment, overrides, run_dir=run_dir)
     data = instantiate(cfg.data)
     counts = data.setup(tokenizer)
     h = hashlib.sha256()

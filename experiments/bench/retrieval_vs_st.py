@@ -336,7 +336,12 @@ def medlab_train_cmd(a, task: str, train: Path, run_dir: Path, extra: list[str] 
                 "objective.learnable_temperature=false", "objective.symmetric=false",
                 "objective.mask_false_negatives=false",  # MNRL keeps duplicate positives as negatives
                 *common]
-    return ["+experiment=reranker", "data=liveqa_rerank", "data.group_size=null", "objective.loss=bce", *common]
+    return ["+experiment=reranker", "data=liveqa_rerank", "data.group_size=null", *PLAIN_CROSS_ENCODER, *common]
+
+
+# The like-for-like cross-encoder (ST's CrossEncoder: one logit from the joint encoding, BCE on labels). The reranker
+# experiment's default adds the cosine prior and ListNet lists (issue 16: experiments/rerank/); `--variant` measures it.
+PLAIN_CROSS_ENCODER = ["objective.prior=none", "data.pair_sides=false", "data.list_size=null", "objective.loss=bce"]
 
 
 def framework_keys(a) -> list[str]:
@@ -360,7 +365,7 @@ def medlab_eval_argv(a, task: str, heldout: Path, out: Path, model_dir: str | No
         argv += [f"eval.query_max_length={a.max_length}", "eval.fields.query=question", "eval.fields.positive=answer"]
     else:
         argv += ["eval.fields.query=question", "eval.fields.doc=answer", "eval.fields.score=judgment",
-                 "eval.fields.label=label", "eval.fields.group=qid"]
+                 "eval.fields.label=label", "eval.fields.group=qid", "eval.baselines=false", *PLAIN_CROSS_ENCODER]
     if model_dir:
         argv += ["model=local_hf", f"model.path={model_dir}", "model.dtype=float32"]
     return argv

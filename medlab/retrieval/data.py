@@ -48,6 +48,13 @@ class RetrievalData:
         num_negatives: hard negatives per bi-encoder example (null = the smallest count present, 0 = none).
         group_size: cross-encoder only: train on groups of 1 positive + (group_size-1) negatives (listwise or
             grouped BCE); null = independent pairs.
+        list_size: cross-encoder only: train on lists of ``list_size`` candidates of one query with their grades
+            (``objective.loss=listnet``; a query's candidates shuffled and cut into lists, the last one filled up
+            from the same query); null = independent pairs.
+        pair_sides: cross-encoder only: also encode the query and the document alone (``query.*`` / ``doc.*`` keys of
+            the batch's ``pairs``), for ``objective.prior=cosine``.
+        graded_labels: cross-encoder only: train BCE on ``grade / (score_range[1] - score_range[0])`` (soft labels
+            from the graded judgments) instead of the thresholded label; validation keeps the binary label.
         score_range: ``[lo, hi]`` of a graded ``score`` field (validated; NDCG gain = score - lo).
         label_threshold: a pair is relevant when ``score >= label_threshold`` (when the rows carry no label).
         pair_template: how a decoder cross-encoder sees (query, doc); null = the tokenizer's pair encoding
@@ -65,7 +72,8 @@ class RetrievalData:
     def __init__(self, path: Any, val_path: Any = None, *, task: str = "bi_encoder", format: str = "auto",
                  fields: Mapping[str, str] | None = None, query_prefix: str = "", doc_prefix: str = "",
                  max_length: int = 128, query_max_length: int | None = None, append_eos: bool = False,
-                 num_negatives: int | None = None, group_size: int | None = None,
+                 num_negatives: int | None = None, group_size: int | None = None, list_size: int | None = None,
+                 pair_sides: bool = False, graded_labels: bool = False,
                  score_range: Sequence[float] | None = None, label_threshold: float | None = None,
                  pair_template: str | None = None, image_root: str | None = None, val_split: float = 0.0,
                  val_split_min: int = 1, val_split_max: int | None = None, on_bad_row: str = "error", batch_size: int = 32, val_batch_size: int | None = None,
@@ -77,6 +85,7 @@ class RetrievalData:
         self.query_prefix, self.doc_prefix = query_prefix or "", doc_prefix or ""
         self.max_length, self.query_max_length = max_length, query_max_length or max_length
         self.append_eos, self.num_negatives, self.group_size = append_eos, num_negatives, group_size
+        self.list_size, self.pair_sides, self.graded_labels = list_size, bool(pair_sides), bool(graded_labels)
         self.score_range = list(score_range) if score_range is not None else None
         self.label_threshold, self.pair_template, self.image_root = label_threshold, pair_template, image_root
         self.val_split, self.on_bad_row, self.seed = val_split, on_bad_row, seed
@@ -117,6 +126,15 @@ class RetrievalData:
             problems.append(f"data.group_size must be null or an integer >= 2, got {self.group_size!r}")
         if self.group_size is not None and self.task == "bi_encoder":
             problems.append("data.group_size is for the cross-encoder; the bi-encoder uses data.num_negatives")
+        if self.list_size is not None and not (isinstance(self.list_size, int) and self.list_size >= 2):
+            problems.append(f"data.list_size must be null or an integer >= 2, got {self.list_size!r}")
+        if self.list_size is not None and self.group_size is not None:
+            problems.append("data.list_size (graded lists) and data.group_size (1 positive + k negatives) exclude "
+                            "each other: set one")
+        if self.task == "bi_encoder" and (self.list_size is not None or self.pair_sides or self.graded_labels):
+            problems.append("data.list_size / data.pair_sides / data.graded_labels are for the cross-encoder")
+        if self.graded_labels and self.score_range is None:
+            problems.append("data.graded_labels=true needs data.score_range=[lo, hi] (label = grade / (hi - lo))")
         if self.score_range is not None and (len(self.score_range) != 2 or self.score_range[0] >= self.score_range[1]):
             problems.append(f"data.score_range must be [lo, hi] with lo < hi, got {self.score_range}")
         problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
@@ -211,8 +229,12 @@ class RetrievalData:
                 examples, c = R.bi_encoder_examples(units, 0)
         elif train and self.group_size:
             examples, c = R.group_examples(units, self.group_size)
+        elif train and self.list_size:
+            examples, c = R.list_examples(units, self.list_size, self.seed)
         else:
             examples, c = R.pointwise_examples(units), {}
+        if train and self.graded_labels and self.score_range is not None:
+            R.soft_labels(examples, float(self.score_range[1]) - float(self.score_range[0]))
         counts.update({f"{split}/{k}": v for k, v in c.items()})
         counts[f"{split}/examples"] = len(examples)
         for i, e in enumerate(examples):
@@ -253,20 +275,28 @@ class RetrievalData:
     def _collate_pairs(self, examples: Sequence[dict]) -> dict:
         pairs = self.encode_pairs([e["query"] for e in examples], [e["doc"] for e in examples],
                                   [e.get("image") for e in examples])
-        return {"pairs": pairs, "labels": torch.tensor([e["label"] for e in examples], dtype=torch.float32),
+        out = {"pairs": pairs, "labels": torch.tensor([e["label"] for e in examples], dtype=torch.float32),
                 "grades": torch.tensor([e["grade"] for e in examples], dtype=torch.float32), "group_size": 1,
                 "groups": [e["group"] for e in examples], "ids": [e["id"] for e in examples],
-                "num_tokens": int(pairs["attention_mask"].sum())}
+                "num_tokens": _tokens(pairs)}
+        if any(e.get("rank") is not None for e in examples):
+            out["ranks"] = [e.get("rank") for e in examples]
+        return out
 
     def _collate_groups(self, examples: Sequence[dict]) -> dict:
         k = len(examples[0]["docs"])
         queries = [e["query"] for e in examples for _ in range(k)]
         pairs = self.encode_pairs(queries, [d for e in examples for d in e["docs"]], [None] * len(queries))
-        labels = torch.zeros(len(examples), k)
-        labels[:, 0] = 1.0
-        return {"pairs": pairs, "labels": labels.reshape(-1), "grades": labels.reshape(-1), "group_size": k,
+        if "grades" in examples[0]:  # graded lists (list_size)
+            labels = torch.tensor([e["labels"] for e in examples], dtype=torch.float32)
+            grades = torch.tensor([e["grades"] for e in examples], dtype=torch.float32)
+        else:  # 1 positive + k-1 negatives (group_size)
+            labels = torch.zeros(len(examples), k)
+            labels[:, 0] = 1.0
+            grades = labels
+        return {"pairs": pairs, "labels": labels.reshape(-1), "grades": grades.reshape(-1), "group_size": k,
                 "groups": [e["group"] for e in examples], "ids": [e["id"] for e in examples],
-                "num_tokens": int(pairs["attention_mask"].sum())}
+                "num_tokens": _tokens(pairs)}
 
     # ----------------------------------------------------------------------------------- encoding
     def encode(self, items: Sequence[tuple[str, str | None]], max_length: int) -> dict[str, torch.Tensor]:
@@ -285,12 +315,17 @@ class RetrievalData:
         if any(images):
             raise DataError("image documents are supported by the bi-encoder only (the cross-encoder scores text pairs)")
         if self.pair_template is None and tok.sep_token is not None:
-            enc = tok(list(queries), list(docs), truncation="longest_first", max_length=self.max_length,
-                      padding=True, return_tensors="pt")
-            return dict(enc)
-        template = self.pair_template or "Query: {query}\nDocument: {doc}"
-        texts = [template.format(query=q, doc=d) for q, d in zip(queries, docs)]
-        return encode_texts(tok, texts, self.max_length, append_eos=True)
+            enc = dict(tok(list(queries), list(docs), truncation="longest_first", max_length=self.max_length,
+                           padding=True, return_tensors="pt"))
+        else:
+            template = self.pair_template or "Query: {query}\nDocument: {doc}"
+            texts = [template.format(query=q, doc=d) for q, d in zip(queries, docs)]
+            enc = encode_texts(tok, texts, self.max_length, append_eos=True)
+        if self.pair_sides:  # each text alone, as the bi-encoder encodes it (objective.prior=cosine)
+            enc.update({f"query.{k}": v for k, v in encode_texts(tok, queries, self.query_max_length,
+                                                                 self.append_eos).items()})
+            enc.update({f"doc.{k}": v for k, v in encode_texts(tok, docs, self.max_length, self.append_eos).items()})
+        return enc
 
 
 def _text_tokenizer(tok: Any) -> Any:
@@ -311,6 +346,11 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, append_e
         input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         mask[i, : len(x)] = 1
     return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _tokens(pairs: dict) -> int:
+    """Tokens a batch puts through the model: the joint encoding and, with pair_sides, each text alone."""
+    return int(sum(v.sum() for k, v in pairs.items() if k.endswith("attention_mask")))
 
 
 def _n_groups(units: list[dict]) -> int:

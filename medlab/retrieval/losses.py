@@ -2,7 +2,8 @@
 
 Bi-encoder: :func:`info_nce` (in-batch + hard negatives, optional symmetric term, false-negative
 masking) and :func:`gather_with_grad` for negatives from other ranks. Cross-encoder:
-:func:`pairwise_bce` (pointwise) and :func:`listwise_softmax_ce` (one positive + k negatives).
+:func:`pairwise_bce` (pointwise), :func:`listwise_softmax_ce` (one positive + k negatives) and :func:`listnet_ce`
+(graded lists).
 """
 
 from __future__ import annotations
@@ -187,3 +188,28 @@ def listwise_softmax_ce(logits: torch.Tensor) -> torch.Tensor:
     dtype = torch.promote_types(logits.dtype, torch.float32)
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits.to(dtype), target)
+
+
+def listnet_ce(logits: torch.Tensor, grades: torch.Tensor, temperature: float = 1.0,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Graded listwise loss (ListNet, top-one probabilities) over lists of one query's candidates.
+
+        p_ij   = exp(g_ij / t) / sum_l exp(g_il / t)            target from the graded judgments
+        loss   = 1/B * sum_i sum_j -p_ij * log softmax(z_i)_j    for logits z [B, k], grades g [B, k]
+
+    ``mask`` [B, k] (True = a real candidate) leaves padding out of both softmaxes. Unlike
+    :func:`listwise_softmax_ce` every candidate's grade counts (a 3 above a 2 above a 1), and the loss does not
+    depend on a per-list offset of the logits. Computed in at least float32.
+    """
+    if logits.dim() != 2 or logits.shape != grades.shape:
+        raise ValueError(f"listnet_ce expects logits and grades [B, k], got {tuple(logits.shape)} and {tuple(grades.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    z, g = logits.to(dtype), grades.to(device=logits.device, dtype=dtype) / temperature
+    if mask is not None:
+        mask = mask.to(device=logits.device, dtype=torch.bool)
+        z, g = z.masked_fill(~mask, float("-inf")), g.masked_fill(~mask, float("-inf"))
+    target = torch.softmax(g, dim=-1)
+    logp = torch.log_softmax(z, dim=-1)
+    return -(target * logp.masked_fill(target == 0, 0.0)).sum(-1).mean()

@@ -4,7 +4,8 @@ Canonical fields (a data config maps user columns onto them with ``data.fields``
 ``query``, ``positive`` (a string, or a list of strings for groups), ``negatives`` (list),
 ``doc`` + ``label`` and/or ``score`` (triples: one judged query-document pair per row),
 ``group`` (query id; rows of one query share it), ``image`` (the document's image path),
-``query_image`` (the query's image path).
+``query_image`` (the query's image path), ``rank`` (triples: the document's position in the retriever's list that
+produced the candidates, 1 = first; evaluation reports that original order as a baseline).
 
 Input formats, detected from the mapped columns:
 
@@ -16,8 +17,9 @@ Examples produced:
 
 - bi-encoder: ``{query, positive, negatives, image, query_image, row}``, one per (query, positive);
   triples become pairs from their positive rows, with the same query's negative rows as hard negatives.
-- cross-encoder pointwise: ``{query, doc, label, grade, group, image, row}``, one per judged pair.
+- cross-encoder pointwise: ``{query, doc, label, grade, group, image, row, rank}``, one per judged pair.
 - cross-encoder groups: ``{query, docs: [positive, negatives...], group, row}`` of a fixed size.
+- cross-encoder graded lists: ``{query, docs, labels, grades, group, row}`` of a fixed size (``list_examples``).
 
 The formats are registered normalizers (`medlab.data.registry`, kind ``retrieval``): each turns one record
 (canonical names) into a judged unit ``{query, query_image, docs: [(text, image, label, grade)], group}``; the
@@ -42,10 +44,10 @@ from medlab.data import source as S
 from medlab.data.errors import BadRows, RowProblem, RowProblems, record_location
 from medlab.data.registry import Format, register
 
-CANONICAL = ("query", "positive", "negatives", "doc", "label", "score", "group", "image", "query_image")
+CANONICAL = ("query", "positive", "negatives", "doc", "label", "score", "group", "image", "query_image", "rank")
 ALIASES = {"query": ("question", "anchor", "sentence1"), "positive": ("pos", "answer", "sentence2"),
            "negatives": ("negative", "neg", "hard_negatives"), "doc": ("document", "passage", "text"),
-           "group": ("qid", "query_id"), "score": ("judgment", "relevance")}
+           "group": ("qid", "query_id"), "score": ("judgment", "relevance"), "rank": ("system_rank",)}
 RowErrors = BadRows  # the bad-row collector every data source shares (`medlab.data.errors.BadRows`)
 
 
@@ -117,7 +119,16 @@ def _unit(row: Mapping[str, Any], docs, *, image_root: str | None = None, check_
         raise RowProblems(problems)
     group = row.get("group")
     return {"query": query, "query_image": q_image, "docs": judged,
-            "group": str(group) if group is not None else query}
+            "group": str(group) if group is not None else query, "rank": _rank(row.get("rank"))}
+
+
+def _rank(value: Any) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RowProblem("rank", "bad_rank", f"rank {value!r} is not a number") from None
 
 
 def _positive_docs(row, image, problems, **_) -> list[tuple[str, str | None, float, float]]:
@@ -273,8 +284,47 @@ def pointwise_examples(units: list[dict]) -> list[dict]:
     for u in units:
         for text, image, label, grade in u["docs"]:
             out.append({"query": u["query"], "query_image": u["query_image"], "doc": text, "image": image,
-                        "label": label, "grade": grade, "group": u["group"], "row": u["row"]})
+                        "label": label, "grade": grade, "group": u["group"], "row": u["row"], "rank": u.get("rank")})
     return out
+
+
+def list_examples(units: list[dict], list_size: int, seed: int = 0) -> tuple[list[dict], dict[str, int]]:
+    """Lists of ``list_size`` judged candidates of one query with their labels and grades (graded listwise losses).
+
+    A query's candidates are shuffled (fixed by ``seed`` and the query) and cut into lists; the last, short list is
+    filled up with the query's first candidates (a query with fewer candidates repeats some). Lists whose
+    candidates all carry the same grade teach a listwise loss nothing and are left out (counted).
+    """
+    import random
+
+    out, counts = [], {"lists_without_contrast": 0, "queries_single_candidate": 0}
+    for u in merge_units(units):
+        docs = list(u["docs"])
+        if len(docs) < 2:
+            counts["queries_single_candidate"] += 1
+            continue
+        random.Random(f"{seed}:{u['group']}").shuffle(docs)
+        n_lists = -(-len(docs) // list_size)
+        padded = [docs[i % len(docs)] for i in range(n_lists * list_size)]
+        for j in range(n_lists):
+            chunk = padded[j * list_size : (j + 1) * list_size]
+            if len({d[3] for d in chunk}) < 2:
+                counts["lists_without_contrast"] += 1
+                continue
+            out.append({"query": u["query"], "query_image": u["query_image"], "docs": [d[0] for d in chunk],
+                        "labels": [d[2] for d in chunk], "grades": [d[3] for d in chunk], "group": u["group"],
+                        "row": u["row"]})
+    return out, counts
+
+
+def soft_labels(examples: list[dict], span: float) -> None:
+    """Training labels from the graded judgments, in place: ``label = grade / span`` (``span`` = the score range's
+    width, so the top grade is 1 and the lowest 0)."""
+    for e in examples:
+        if "grade" in e:
+            e["label"] = min(max(e["grade"] / span, 0.0), 1.0)
+        elif "grades" in e:
+            e["labels"] = [min(max(g / span, 0.0), 1.0) for g in e["grades"]]
 
 
 def group_examples(units: list[dict], group_size: int) -> tuple[list[dict], dict[str, int]]:
