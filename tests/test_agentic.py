@@ -84,3 +84,40 @@ def test_malformed_tool_call_is_counted_and_penalized(setup):
     stats = module._exp_stats[-1]
     assert stats["agent/malformed_calls"] == 0.5
     assert stats["rewards/tool_format/mean"] == 0.5  # the malformed rollout loses the format reward
+
+
+def test_validation_scores_with_the_training_rewards_and_the_agents_passages(setup, caplog):
+    """Validation and training share one rollout + scoring path: the passages the agent saw reach
+    retrieval_relevance in validation too (before, validation dropped them: that reward failed on every
+    validation batch and val/reward silently lost its 0.5-weighted component)."""
+    module, data, tok = setup
+    batch = data.collate(data.train_dataset[:1])
+    module.engine = ScriptedPolicy(tok, [[CALL], ["<answer>B</answer>"]])  # greedy: search, then answer right
+    with caplog.at_level("WARNING"):
+        out = module.validation_step(batch, 0)
+        metrics = module.validation_metrics({f"val/{k}": float(v) for k, v in out.items()})
+    # accuracy 1.0 x 1.0 + retrieval_relevance 1.0 x 0.5 (the gold passage was shown) + tool_format 1.0 x 0.1
+    assert out["reward"].item() == pytest.approx(1.6)  # the old validation: 1.1 (retrieval_relevance masked)
+    assert out["rewards/retrieval_relevance/failure_rate"].item() == 0.0
+    assert not any("failed on the batch" in r.getMessage() for r in caplog.records)
+    assert out["accuracy"].item() == 1.0 and metrics["val/reward"] == pytest.approx(1.6)
+    # the same completions through the training path (sampled; same script) get the same total reward
+    module.engine = ScriptedPolicy(tok, [[CALL], ["<answer>B</answer>"]])
+    ro, prompts, fields, _ = module.rollouts(batch, 1, sample=True)
+    total, per_fn, _ = module.score(prompts, ro.texts, fields)
+    assert total.tolist() == pytest.approx([out["reward"].item()])
+
+
+def test_a_reward_that_fails_in_validation_is_counted_and_named(setup, caplog):
+    module, data, tok = setup
+    batch = data.collate(data.train_dataset[:1])
+    module.engine = ScriptedPolicy(tok, [["<answer>B</answer>"]])  # answers without searching
+    fields = dict(batch["fields"])
+    del fields["contexts"]  # no gold passages: retrieval_relevance cannot score
+    with caplog.at_level("WARNING"):
+        out = module.validation_step({**batch, "fields": fields}, 0)
+        module.validation_metrics({f"val/{k}": float(v) for k, v in out.items()})
+    assert out["rewards/retrieval_relevance/failure_rate"].item() == 1.0
+    assert out["rewards/accuracy/failure_rate"].item() == 0.0
+    assert any("validation: 'retrieval_relevance' could not score 100%" in r.getMessage() for r in caplog.records)
+    assert out["reward"].item() == pytest.approx(1.1)  # the other rewards still count

@@ -6,11 +6,20 @@ Per loader batch of prompts the loop calls :meth:`GRPOPolicy.make_experience`, w
    cache, left-padded batches; temperature / top-p / top-k / max_new_tokens from the config);
 2. scores them with the configured rewards (``medlab.rl.rewards.RewardSet``: weighted sum; a reward that
    raises or returns None/NaN is masked for that sample and counted, never fatal);
-3. turns rewards into group-relative advantages (``medlab.rl.advantages.group_advantages``);
-4. splits the rows into micro-batches of ``micro_batch_size`` completions and, per micro-batch, stores the
-   old log-probs (when ``num_iterations`` > 1) and the reference log-probs (when ``beta`` > 0);
+3. packs the rows into micro-batches by length, each within ``micro_batch_tokens`` padded tokens (default
+   2048) and ``micro_batch_size`` completions (``medlab.rl.microbatch``), and, per micro-batch, stores the
+   old log-probs (when ``num_iterations`` > 1, or for the KL in the reward) and the reference log-probs (when
+   ``beta`` > 0); every forward, with or without gradients, is one micro-batch;
+4. turns rewards into advantages (``objective.advantage``, ``medlab.rl.advantages``): ``grpo`` group-relative
+   (the KL is a k3 loss term, ``beta``), ``rloo`` leave-one-out baseline and ``reinforce_pp`` per-token
+   whitened returns (both charge ``beta`` x the k1 KL to the reference in the reward, as TRL's RLOO and
+   REINFORCE++ do, and add no KL to the loss);
 5. returns ``num_iterations`` (mu) windows over the same micro-batches: the loop makes one optimizer step
    per window (``steps_per_experience``), each iteration using the stored old log-probs in the ratio.
+
+Training and validation share one rollout + scoring path (:meth:`GRPOPolicy.rollouts` and
+:meth:`GRPOPolicy.score`), so ``val/reward`` is the reward training optimizes, with the same fields (for tool
+rollouts: the passages the agent saw).
 
 ``training_step`` computes the policy's per-token log-probs and ``medlab.rl.losses.grpo_loss`` (clipped
 surrogate, optional clip-higher ``epsilon_high``, k3 KL * beta). ``batch_weight`` matches the aggregation,
@@ -24,7 +33,9 @@ memory, so prefer an adapter or ``beta: 0`` for large models.
 
 Validation generates greedy answers for the validation prompts: ``val/reward`` (mean total reward),
 ``val/accuracy`` (exact match against the ``answer`` field; rows without an answer count as wrong),
-``val/format_failure_rate`` (no well-formed ``<answer>...</answer>``) and ``val/completion_length``.
+``val/format_failure_rate`` (no well-formed ``<answer>...</answer>``), ``val/completion_length`` and
+``val/rewards/<name>/failure_rate`` (completions a reward could not score: masked as in training, counted,
+and named in a warning after the validation -- never silent, never fatal).
 
 Per-step metrics (``step_metrics``, logged by the loop as ``train/<key>`` at log points, averaged over the
 steps since the last one): ``reward``, ``reward_std``, ``rewards/<name>/{mean,std,failures}``,
@@ -48,10 +59,18 @@ import lightning as L
 import torch
 
 from medlab.objectives.common import OptimSettings, int_problem
-from medlab.rl.advantages import SCALES, group_advantages
+from medlab.rl.advantages import (
+    ESTIMATOR_SCALES,
+    ESTIMATORS,
+    group_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    sequence_kl,
+)
 from medlab.rl.decode import KVCacheEngine
 from medlab.rl.generation import HFGenerateEngine, _find_peft, eval_mode, sequence_logprobs
 from medlab.rl.losses import AGGREGATIONS, grpo_loss
+from medlab.rl.microbatch import token_budget_batches
 from medlab.rl.rewards import RewardSet, exact_match, format_reward
 
 log = logging.getLogger(__name__)
@@ -71,8 +90,9 @@ class GRPOPolicy(L.LightningModule):
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, rewards: Mapping[str, Any],
                  num_generations: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, num_iterations: int = 1, beta: float = 0.0, epsilon: float = 0.2,
-                 epsilon_high: float | None = None, scale_rewards: str = "group", adv_eps: float = 1e-4,
-                 loss_aggregation: str = "token", micro_batch_size: int | None = None,
+                 epsilon_high: float | None = None, scale_rewards: str | None = None, adv_eps: float = 1e-4,
+                 advantage: str = "grpo", loss_aggregation: str = "token", micro_batch_size: int | None = None,
+                 micro_batch_tokens: int | None = 2048,
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
                  tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
                  engine: str = "medlab", engine_check_every: int = 16,
@@ -93,12 +113,13 @@ class GRPOPolicy(L.LightningModule):
             problems.append(f"objective.top_p must be in (0, 1], got {top_p}")
         if beta < 0 or epsilon < 0 or (epsilon_high is not None and epsilon_high < 0):
             problems.append("objective.beta, epsilon and epsilon_high must be >= 0")
-        if scale_rewards not in SCALES:
-            problems.append(f"objective.scale_rewards={scale_rewards!r} is not one of {', '.join(SCALES)}")
+        problems += _advantage_problems(advantage, scale_rewards)
         if loss_aggregation not in AGGREGATIONS:
             problems.append(f"objective.loss_aggregation={loss_aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         if micro_batch_size is not None and not (isinstance(micro_batch_size, int) and micro_batch_size >= 1):
             problems.append(f"objective.micro_batch_size must be null or an integer >= 1, got {micro_batch_size!r}")
+        if micro_batch_tokens is not None and not (isinstance(micro_batch_tokens, int) and micro_batch_tokens >= 1):
+            problems.append(f"objective.micro_batch_tokens must be null or an integer >= 1, got {micro_batch_tokens!r}")
         if problems:
             raise ValueError("; ".join(problems))
         self.model, self.tokenizer = model, tokenizer
@@ -107,8 +128,12 @@ class GRPOPolicy(L.LightningModule):
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k or 0)
         self.num_iterations, self.beta = num_iterations, float(beta)
         self.epsilon, self.epsilon_high = float(epsilon), epsilon_high
-        self.scale_rewards, self.adv_eps, self.loss_aggregation = scale_rewards, float(adv_eps), loss_aggregation
+        self.advantage, self.adv_eps, self.loss_aggregation = advantage, float(adv_eps), loss_aggregation
+        self.scale_rewards = scale_rewards or ESTIMATOR_SCALES[advantage][0]
+        # rloo / reinforce_pp: the KL to the reference is a penalty in the reward (k1), not a loss term
+        self.kl_in_reward = advantage != "grpo"
         self.micro_batch_size, self.logprob_batch_size = micro_batch_size, logprob_batch_size
+        self.micro_batch_tokens = micro_batch_tokens
         self.val_max_new_tokens = val_max_new_tokens or max_new_tokens
         # agentic RAG: multi-turn rollouts with search tools (medlab.rl.agent); built in on_fit_start
         self.tools_config = _plain(tools) if tools else None
@@ -148,6 +173,8 @@ class GRPOPolicy(L.LightningModule):
                 out.append(f"objective.rewards: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         out.append(int_problem("objective.num_generations", o.get("num_generations"), minimum=2))
         out.append(int_problem("objective.num_iterations", o.get("num_iterations")))
+        out += _advantage_problems(o.get("advantage", "grpo"), o.get("scale_rewards"))
+        out.append(int_problem("objective.micro_batch_tokens", o.get("micro_batch_tokens"), allow_none=True))
         if str(cfg.strategy.get("name")) in ("fsdp", "deepspeed_stage_3"):
             out.append("objective=grpo generates with the training model, whose weights FSDP / DeepSpeed ZeRO-3 "
                        "shard: use strategy=ddp or strategy=single")
@@ -168,8 +195,10 @@ class GRPOPolicy(L.LightningModule):
         return _find_peft(self.model) is not None
 
     def bind_run_loader(self, load_run: Any) -> None:
-        """``medlab.contracts.UsesRuns``: how to load the bi-encoder/reranker runs the search tools use."""
+        """``medlab.contracts.UsesRuns``: how to load the bi-encoder/reranker runs the search tools use (and the
+        reward-model runs of ``reward_model`` rewards)."""
         self.load_run = load_run
+        self.rewards.bind_run_loader(load_run)
 
     def build_tools(self, load_run: Any = None) -> None:
         if self.tools_config and self.tools is None:
@@ -209,53 +238,96 @@ class GRPOPolicy(L.LightningModule):
                 return self._logps(self.model, mb)
 
     # ------------------------------------------------------------------ experience
+    def rollouts(self, batch: dict, G: int, *, sample: bool) -> tuple[Any, list, dict[str, list], dict[str, float]]:
+        """G completions per prompt -- sampled (training) or greedy (validation) -- with what the rewards score
+        them on: ``(rollout, prompts, fields, agent statistics)``, one entry per completion in ``prompts`` and in
+        every ``fields`` list (the batch's row fields repeated G times, plus, for tool rollouts, what the agent
+        saw: ``retrieved``, ``num_tool_calls``, ...). Training and validation both go through here and
+        :meth:`score`, so they score with the same rewards on the same fields."""
+        max_new = self.max_new_tokens if sample else self.val_max_new_tokens
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if sample else {}
+        agent_fields: dict[str, list] = {}
+        agent_stats: dict[str, float] = {}
+        with self._autocast():
+            if self.tools:
+                ro, agent_fields, agent_stats = self._agent_rollouts(batch, G, sample, max_new, sampling)
+            else:
+                ro = self.engine.generate(batch["prompt_ids"], num_generations=G, max_new_tokens=max_new,
+                                          do_sample=sample, **sampling)
+        prompts = [p for p in batch["prompts"] for _ in range(G)]
+        fields = {k: [v for v in vals for _ in range(G)] for k, vals in batch["fields"].items()}
+        fields.update(agent_fields)
+        return ro, prompts, fields, agent_stats
+
+    def score(self, prompts: list, texts: list[str], fields: Mapping[str, list]):
+        """The configured rewards on completions: ``(total [N], per reward [N], stats)`` (``RewardSet``)."""
+        return self.rewards(prompts, texts, **fields)
+
     @torch.no_grad()
     def make_experience(self, batch: dict) -> list[list[dict]]:
         """A loader batch of prompts -> ``num_iterations`` windows over the same scored micro-batches."""
         G = self.num_generations
         self._step_t0 = None
-        agent_fields, agent_stats = {}, {}
-        with self._autocast():
-            if self.tools:
-                ro, agent_fields, agent_stats = self._agent_rollouts(batch, G, do_sample=True)
-            else:
-                ro = self.engine.generate(batch["prompt_ids"], num_generations=G, max_new_tokens=self.max_new_tokens,
-                                          temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                          do_sample=True)
+        ro, prompts, fields, agent_stats = self.rollouts(batch, G, sample=True)
         t0 = time.perf_counter()
-        prompts = [p for p in batch["prompts"] for _ in range(G)]
-        fields = {k: [v for v in vals for _ in range(G)] for k, vals in batch["fields"].items()}
-        fields.update(agent_fields)
-        total, per_fn, rstats = self.rewards(prompts, ro.texts, **fields)
-        adv, astats = group_advantages(total, G, scale=self.scale_rewards, eps=self.adv_eps)
+        total, per_fn, rstats = self.score(prompts, ro.texts, fields)
         score_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         ids = [i for i in batch["ids"] for _ in range(G)]
-        adv = adv.to(ro.completion_ids.device)
-        rows, size = ro.num_rows, self.micro_batch_size or ro.num_rows
-        micro = []
-        for s in range(0, rows, size):
-            mb = _micro_batch(ro, adv, ids, s, min(s + size, rows))
-            if self.num_iterations > 1:  # the ratio's denominator for iterations 2..mu
+        groups = self.micro_batch_rows(ro)
+        micro = [_micro_batch(ro, ids, rows) for rows in groups]
+        kl = None
+        if self.kl_in_reward and self.beta > 0:  # the full [N, C] per-token KL, gathered from the micro-batches
+            kl = torch.zeros(ro.completion_ids.shape, dtype=torch.float32, device=ro.completion_ids.device)
+        for mb in micro:
+            old = None
+            if self.num_iterations > 1 or kl is not None:  # the ratio's denominator / the sampling policy
                 with self._autocast():
-                    mb["old_logps"] = self._logps(self.model, mb)
+                    old = self._logps(self.model, mb)
+                if self.num_iterations > 1:
+                    mb["old_logps"] = old
             if self.beta > 0:
                 mb["ref_logps"] = self.reference_logps(mb)
-            micro.append(mb)
+            if kl is not None:
+                mask = mb.get("loss_mask", mb["completion_mask"])
+                kl[mb["rows"], : mask.shape[1]] = sequence_kl(old, mb["ref_logps"], mask)
         logprob_s = time.perf_counter() - t0
+        adv, astats = self._advantages(total.to(ro.completion_ids.device), ro, kl)
+        for mb in micro:
+            a = adv[mb["rows"]]
+            mb["advantages"] = a if a.dim() == 1 else a[:, : mb["completion_ids"].shape[1]]
         self._record_experience(ro, total, per_fn, rstats, adv, astats, score_s, logprob_s)
         self._exp_stats[-1].update(agent_stats)
+        self._exp_stats[-1]["micro_batches"] = float(len(micro))
         return [micro for _ in range(self.num_iterations)]
 
-    def _agent_rollouts(self, batch: dict, G: int, do_sample: bool):
+    def micro_batch_rows(self, ro) -> list[list[int]]:
+        """Rollout rows per micro-batch: packed by length within ``micro_batch_tokens`` padded tokens and at most
+        ``micro_batch_size`` rows (``medlab.rl.microbatch.token_budget_batches``); the update and the old /
+        reference log-prob passes run micro-batch by micro-batch, so both limits bound every forward."""
+        return token_budget_batches(ro.prompt_mask.sum(1).tolist(), ro.completion_lengths.tolist(),
+                                    max_tokens=self.micro_batch_tokens, max_rows=self.micro_batch_size)
+
+    def _advantages(self, total: torch.Tensor, ro, kl: torch.Tensor | None):
+        """Rewards (and the per-token KL to the reference, for the estimators that charge it in the reward) ->
+        advantages: [N] for grpo / rloo, [N, C] per token for reinforce_pp."""
+        if self.advantage == "rloo":
+            return rloo_advantages(total, self.num_generations, kl=kl, kl_coef=self.beta, scale=self.scale_rewards,
+                                   eps=self.adv_eps)
+        if self.advantage == "reinforce_pp":
+            mask = getattr(ro, "loss_mask", None)
+            mask = ro.completion_mask if mask is None else mask
+            return reinforce_pp_advantages(total, mask, kl=kl, kl_coef=self.beta, scale=self.scale_rewards)
+        return group_advantages(total, self.num_generations, scale=self.scale_rewards, eps=self.adv_eps)
+
+    def _agent_rollouts(self, batch: dict, G: int, do_sample: bool, max_new_tokens: int | None = None,
+                        sampling: Mapping[str, Any] | None = None):
         from medlab.rl.agent import agentic_rollouts
 
         if not batch.get("messages") or batch["messages"][0] is None:
             raise ValueError("objective.tools needs prompt data that keeps chat messages (medlab.rl.data.PromptData)")
-        gen = {"max_new_tokens": self.max_new_tokens, "do_sample": do_sample}
-        if do_sample:
-            gen.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        gen = {"max_new_tokens": max_new_tokens or self.max_new_tokens, "do_sample": do_sample, **(sampling or {})}
         return agentic_rollouts(self.engine, self.tokenizer, batch["messages"], self.tools, self._passages,
                                 num_generations=G, max_turns=self.max_turns, max_total_tokens=self.max_total_tokens,
                                 device=self.device, **gen)
@@ -273,6 +345,8 @@ class GRPOPolicy(L.LightningModule):
             "time/generate_s": ro.seconds, "time/score_s": score_s, "time/logprob_s": logprob_s,
             "rollout/tokens_per_s": ro.tokens_per_s,
         }
+        if "kl" in astats:  # rloo / reinforce_pp: the KL charged in the reward (k1, sampling policy vs reference)
+            stats["reward_kl"] = float(astats["kl"])
         for name, values in per_fn.items():
             stats[f"rewards/{name}/mean"] = _nanmean(values)
             stats[f"rewards/{name}/std"] = _nanstd(values)
@@ -284,8 +358,11 @@ class GRPOPolicy(L.LightningModule):
         logps = self._logps(self.model, batch)
         # tool rollouts: attention covers observations, the loss only the policy's own tokens
         mask = batch.get("loss_mask", batch["completion_mask"])
-        loss, stats = grpo_loss(logps, batch.get("old_logps"), batch.get("ref_logps"), batch["advantages"], mask, eps_low=self.epsilon, eps_high=self.epsilon_high,
-                                beta=self.beta, aggregation=self.loss_aggregation,
+        # rloo / reinforce_pp charged the KL in the reward: the loss only logs it (k3, policy vs reference)
+        beta = 0.0 if self.kl_in_reward else self.beta
+        loss, stats = grpo_loss(logps, batch.get("old_logps"), batch.get("ref_logps"), batch["advantages"], mask,
+                                eps_low=self.epsilon, eps_high=self.epsilon_high, beta=beta,
+                                aggregation=self.loss_aggregation,
                                 max_completion_length=self.max_new_tokens)
         for k in ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "ratio/mean"):
             if k in stats:  # device tensors: no host sync until the log point
@@ -332,20 +409,36 @@ class GRPOPolicy(L.LightningModule):
     @torch.no_grad()
     def answer(self, batch: dict, max_new_tokens: int | None = None):
         """Greedy completions (a :class:`~medlab.rl.generation.Rollout`) for a prompt batch (``PromptData.collate``)."""
-        with self._autocast():
-            if self.tools:
-                return self._agent_rollouts(batch, 1, do_sample=False)[0]
-            return self.engine.generate(batch["prompt_ids"], num_generations=1, do_sample=False,
-                                        max_new_tokens=max_new_tokens or self.val_max_new_tokens)
+        if max_new_tokens is not None and not self.tools:
+            with self._autocast():
+                return self.engine.generate(batch["prompt_ids"], num_generations=1, do_sample=False,
+                                            max_new_tokens=max_new_tokens)
+        return self.rollouts(batch, 1, sample=False)[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        ro = self.answer(batch)
-        scores = score_answers(batch["prompts"], ro.texts, batch["fields"], self.rewards)
+        """Greedy answers scored exactly as training scores its samples (:meth:`rollouts` + :meth:`score`: same
+        rewards, same fields, the agent's passages included). A reward that cannot score a completion is masked,
+        as in training, and counted: ``val/rewards/<name>/failure_rate`` (fraction of validation completions it
+        did not score), with a warning naming it after the validation (:meth:`validation_metrics`)."""
+        ro, prompts, fields, _ = self.rollouts(batch, 1, sample=False)
+        total, per_fn, _ = self.score(prompts, ro.texts, fields)
+        scores = score_answers(prompts, ro.texts, fields)
+        scores["reward"] = _nanmean(total) if not torch.isnan(total).all() else 0.0
+        for name, values in per_fn.items():
+            scores[f"rewards/{name}/failure_rate"] = float(torch.isnan(values).float().mean()) if values.numel() else 0.0
         scores["completion_length"] = float(ro.completion_lengths.float().mean())
         return {k: torch.tensor(v, device=self.device, dtype=torch.float32) for k, v in scores.items()}
 
     def validation_metrics(self, metrics: dict) -> dict:
-        return metrics  # val/reward, val/accuracy, ... are per-batch means already
+        """val/reward, val/accuracy, ... are per-batch means already; rewards that failed are named in the log."""
+        failed = {k.split("/")[2]: v for k, v in metrics.items()
+                  if k.startswith("val/rewards/") and k.endswith("/failure_rate") and v > 0}
+        if failed:
+            log.warning("validation: %s could not score %s of the completions (it raised -- the error is logged "
+                        "above -- or returned None/NaN, e.g. a row without the field it needs); masked in "
+                        "val/reward, as in training", ", ".join(repr(n) for n in failed),
+                        ", ".join(f"{v:.0%}" for v in failed.values()))
+        return metrics
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
@@ -367,23 +460,36 @@ def score_answers(prompts: list, texts: list[str], fields: Mapping[str, list], r
     return out
 
 
-def _micro_batch(ro, adv: torch.Tensor, ids: list, s: int, e: int) -> dict:
-    """Rows s:e of a rollout, with all-padding prompt columns (left) and completion columns (right) dropped."""
-    pm, cm = ro.prompt_mask[s:e], ro.completion_mask[s:e]
+def _micro_batch(ro, ids: list, rows: list[int]) -> dict:
+    """The rollout's ``rows`` (indices), with all-padding prompt columns (left) and completion columns (right)
+    dropped; ``rows`` is kept (a long tensor) to put per-row results such as advantages back in place."""
+    idx = torch.tensor(rows, dtype=torch.long, device=ro.completion_ids.device)
+    pm, cm = ro.prompt_mask[idx], ro.completion_mask[idx]
     first = int(pm.any(0).long().argmax()) if pm.shape[1] else 0  # first prompt column any row uses
-    c_len = int(ro.completion_lengths[s:e].max()) if e > s else 0
+    c_len = int(ro.completion_lengths[idx].max()) if rows else 0
     loss_mask = getattr(ro, "loss_mask", None)
     n_tokens = int(cm.sum())
     extra = {}
     if loss_mask is not None:  # agentic rollouts: observations are attended to but not trained on
-        extra["loss_mask"] = loss_mask[s:e, :c_len]
+        extra["loss_mask"] = loss_mask[idx, :c_len]
     return {**extra,
-        "prompt_ids": ro.prompt_ids[s:e, first:], "prompt_mask": pm[:, first:],
-        "completion_ids": ro.completion_ids[s:e, :c_len], "completion_mask": cm[:, :c_len],
-        "advantages": adv[s:e], "ids": ids[s:e], "num_sequences": e - s,
+        "prompt_ids": ro.prompt_ids[idx, first:], "prompt_mask": pm[:, first:],
+        "completion_ids": ro.completion_ids[idx, :c_len], "completion_mask": cm[:, :c_len],
+        "rows": idx, "ids": [ids[i] for i in rows], "num_sequences": len(rows),
         "num_completion_tokens": int(extra["loss_mask"].sum()) if extra else n_tokens,
         "num_tokens": int(pm.sum()) + n_tokens,
     }
+
+
+def _advantage_problems(advantage: Any, scale: Any) -> list[str]:
+    """objective.advantage and the objective.scale_rewards it takes (null = the estimator's default)."""
+    if advantage not in ESTIMATORS:
+        return [f"objective.advantage={advantage!r} is not one of {', '.join(ESTIMATORS)}"]
+    scales = ESTIMATOR_SCALES[advantage]
+    if scale is not None and scale not in scales:
+        return [f"objective.scale_rewards={scale!r} is not one of {', '.join(scales)} (objective.advantage="
+                f"{advantage}; null = {scales[0]})"]
+    return []
 
 
 def _plain(cfg: Any) -> dict:
