@@ -28,7 +28,7 @@ pip_quiet install --upgrade pip
 # torch first and pinned, so nothing below pulls a different (multi-GB) build
 # shellcheck disable=SC2086
 pip_quiet install ${TORCH_SPEC:-torch==2.13.0}
-extras="qlora,smollm2,minilm,prepare"   # every README command runs after this (README "Experiments", "Retrieval")
+extras="qlora,smollm2,minilm,prepare,report"   # every README command runs after this (README "Experiments", "Retrieval")
 [ "${1:-}" = "--test" ] && extras="$extras,test"
 echo "installing medlab[$extras] ..."
 pip_quiet install -e ".[$extras]"

@@ -102,7 +102,8 @@ def test_every_readme_example_composes_and_its_data_validates(tmp_path):
     assert any("eval.task=qa" in args for _, args in commands) and QA_ZERO_SHOT in README
     commands.append(("evaluate", QA_ZERO_SHOT.split() + ["eval.task=qa", "eval.path=FILE", "[eval.limit=N]"]))
     runs = {"biencoder": fake_run(tmp_path, "biencoder"), "reranker": fake_run(tmp_path, "reranker"),
-            "qa": fake_run(tmp_path, "grpo_lora")}
+            "qa": fake_run(tmp_path, "grpo_lora"), "reward_model": fake_run(tmp_path, "reward_model"),
+            "dpo": fake_run(tmp_path, "dpo")}
     files = readme_files(tmp_path)
     for command, args in commands:
         argv = concrete(args, runs, files)
@@ -125,6 +126,16 @@ def test_every_readme_example_composes_and_its_data_validates(tmp_path):
             options = {k: v for k, v in options.items() if k in ("path", "fields")}
         if options.get("task") == "qa":
             assert prompt_data_for(cfg, options).validate() == [], argv
+            continue
+        if options.get("task") == "toolcall":  # held-out tool-call conversations (tests/test_toolcall_eval.py)
+            from medlab.evaluation import toolcall_data
+
+            assert toolcall_data(cfg, options).validate() == [], argv
+            continue
+        if Path(run_dir).name in ("reward_model", "dpo"):  # preference pairs (tests/test_reward_model.py, test_dpo.py)
+            from medlab.evaluation import preference_data
+
+            assert preference_data(cfg, options).validate() == [], argv
             continue
         task = "rerank" if "reranker" in run_dir else "retrieval"
         data = retrieval_data(cfg, options, task)

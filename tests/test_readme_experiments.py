@@ -36,7 +36,8 @@ COMMON = ["trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.limit_v
 FAST = {
     "causal": ["data.limit=8", "data.batch_size=4"],
     "retrieval": ["data.limit=8", "data.val_limit=8", "data.batch_size=4", "data.val_batch_size=8",
-                  "data.max_length=48"],
+                  "data.max_length=48",
+                  "trainer.max_epochs=4"],  # the reranker's lists of 8: 8 rows make 1 batch per epoch
     "grpo": ["objective.num_generations=2", "objective.max_new_tokens=6", "objective.val_max_new_tokens=6",
              "data.batch_size=2", "data.val_batch_size=2", "data.limit=4", "data.val_limit=2"],
 }
