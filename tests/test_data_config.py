@@ -22,6 +22,7 @@ import medlab.commands.train
 from medlab.config import ConfigError, collect_problems
 from medlab.data import CausalLMData, DataError
 from medlab.data.formats import CANONICAL_FIELDS
+from medlab.data.preference_rows import CANONICAL as PREFERENCE_FIELDS
 from medlab.data.readers import read_located
 from medlab.data.split import held_out_count
 from medlab.retrieval import rows as R
@@ -257,7 +258,7 @@ def test_every_prompt_field_is_settable(data, tmp_path):
 
 
 def test_every_data_field_the_readme_names_exists():
-    known = set(CANONICAL_FIELDS) | set(R.CANONICAL) | set(rl_data.CANONICAL)
+    known = set(CANONICAL_FIELDS) | set(R.CANONICAL) | set(rl_data.CANONICAL) | set(PREFERENCE_FIELDS)
     named = set(re.findall(r"data\.fields\.(\w+)", README))
     mapping = re.findall(r"'data\.fields=\{([^}]*)\}'", README)[0]  # {instruction: question, output: answer}
     named |= {pair.split(":")[0].strip() for pair in mapping.split(",")}
@@ -285,7 +286,8 @@ def test_readme_retrieval_mapping_on_triples_sets_up_and_runs(tmp_path):
     assert collect_problems(cfg) == []
     data = instantiate(cfg.data)
     counts = data.setup(None)
-    assert counts["train/rows"] + counts["val/rows"] == 36  # (train examples: the reranker's lists of 8)
+    # 36 rows read; the 3 held-out queries' 9 pairs validate pointwise (training: the reranker's lists of 8)
+    assert counts["train/rows"] == 36 and counts["val/examples"] == 9, counts
     assert data.validate() == [] and data.val_size == 3  # 12 queries: at least 8, but at most a quarter
     assert {e["group"] for e in data.val_dataset} and not {e["group"] for e in data.val_dataset} & {
         e["group"] for e in data.train_dataset}

@@ -301,3 +301,24 @@ def test_fsdp_bi_encoder_with_gradcache_and_cross_rank_negatives_equals_ddp(tmp_
     assert sorted(a) == [1, 2, 3]
     assert_same_steps(a, b, range(1, 4), 1e-5)
     assert a[3]["train/loss"] != a[1]["train/loss"]
+
+
+def test_fsdp_preference_objectives_equal_one_process(tmp_path):
+    """DPO (full fine-tune: its frozen reference copy is sharded with the policy) and KTO (its KL reference point is
+    reduced over ranks) under FSDP2 equal one process on the same global batch, step for step."""
+    pref = ["data.group_by_length=false", "trainer.max_steps=3", "trainer.ckpt_every_n_steps=null",
+            "export.enabled=false", "data.limit=32", "trainer.log_every_n_steps=1", "trainer.val_every_n_steps=null",
+            "trainer.progress_bar=false", "logger=csv"]
+    trees, dirs = [], {}
+    for experiment in ("dpo", "kto"):
+        for kind, extra in (("fsdp", FSDP), ("single", SINGLE)):
+            tree, dirs[experiment, kind] = start(tmp_path, f"{experiment}_{kind}", [*extra, *pref],
+                                                 experiment=experiment)
+            trees.append(tree)
+    finish(*trees)
+    for experiment in ("dpo", "kto"):
+        a, b = history(dirs[experiment, "fsdp"]), history(dirs[experiment, "single"])
+        assert sorted(a) == [1, 2, 3]
+        assert_same_steps(a, b, range(1, 4), 1e-5)
+        assert a[3]["train/loss"] != a[1]["train/loss"]
+    assert history(dirs["dpo", "fsdp"])[1]["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # ln 2

@@ -257,10 +257,22 @@ def check_bound_data(data, paired: bool, objective: str) -> None:
 
 
 def sharded_strategy_problem(cfg, objective: str) -> str | None:
-    """Preference policies are not wired to sharded weights yet: the chunked log-prob pass reads the LM head weight
-    outside its module's forward, and the reference copy / adapter switch assume whole weights."""
+    """What the preference objectives cannot do on sharded weights yet. Under ``strategy=fsdp`` (FSDP2) the policy,
+    the disabled-adapter reference and a full fine-tune's frozen copy run inside the root's forward and train like
+    one process on the same global batch (checked: equal per-step losses for dpo, orpo, kto); the precomputed
+    reference pass runs outside it and the second ("reference") adapter is untested there, so both are refused, as
+    is DeepSpeed ZeRO-3."""
     name = str(cfg.strategy.get("name")) if "strategy" in cfg else ""
-    if name in ("fsdp", "deepspeed_stage_3"):
-        return (f"objective={objective} does not support strategy={name} yet (sharded weights: the log-prob pass "
-                "reads the whole LM head, the reference needs whole weights): use strategy=ddp or strategy=single")
+    if name == "deepspeed_stage_3":
+        return (f"objective={objective} does not support strategy={name} yet (sharded weights: the reference needs "
+                "whole weights): use strategy=fsdp, strategy=ddp or strategy=single")
+    if name == "fsdp":
+        obj = cfg.get("objective") or {}
+        if obj.get("precompute_ref_logps"):
+            return (f"objective={objective}: objective.precompute_ref_logps=true is not supported with strategy=fsdp "
+                    "(the precompute pass runs outside the sharded forward): drop it (the reference is then computed "
+                    "live) or use strategy=ddp")
+        if obj.get("ref_adapter"):
+            return (f"objective={objective}: a reference adapter (objective.ref_adapter / adapter.init_from) is not "
+                    "supported with strategy=fsdp yet: use strategy=ddp or strategy=single")
     return None

@@ -89,23 +89,23 @@ BUILTIN = (
                   micro_batches=("data.batch_size=2", "trainer.accumulate_grad_batches=2"),
                   export_head="score"),
     # preference policies (full fine-tunes: DPO keeps a frozen reference copy, KTO too; ORPO has no reference)
-    # (not wired to FSDP yet: their config_problems refuse strategy=fsdp)
+    # (FSDP2: trained like one process; precompute_ref_logps and a reference adapter are refused under it)
     ObjectiveSpec("dpo", "medlab.objectives.dpo.DPO", "dpo",
                   (*_TINY, "model=tiny_llama", "data.limit=16", "data.val_limit=8", "data.max_length=96",
                    "objective.lr=1e-3"),
                   big_batch=("data.batch_size=4",),
-                  micro_batches=("data.batch_size=2", "trainer.accumulate_grad_batches=2"), fsdp=False),
+                  micro_batches=("data.batch_size=2", "trainer.accumulate_grad_batches=2")),
     ObjectiveSpec("orpo", "medlab.objectives.orpo.ORPO", "orpo",
                   (*_TINY, "model=tiny_llama", "data.limit=16", "data.val_limit=8", "data.max_length=96",
                    "objective.lr=1e-3"),
                   big_batch=("data.batch_size=4",),
-                  micro_batches=("data.batch_size=2", "trainer.accumulate_grad_batches=2"), fsdp=False),
+                  micro_batches=("data.batch_size=2", "trainer.accumulate_grad_batches=2")),
     # KTO's KL reference point belongs to the whole loader batch: micro-batches are split inside it
     ObjectiveSpec("kto", "medlab.objectives.kto.KTO", "kto",
                   (*_TINY, "model=tiny_llama", "data.limit=16", "data.val_limit=8", "data.max_length=96",
                    "objective.lr=1e-3"),
                   big_batch=("data.batch_size=4",),
-                  micro_batches=("data.batch_size=4", "objective.micro_batch_size=2"), fsdp=False),
+                  micro_batches=("data.batch_size=4", "objective.micro_batch_size=2")),
 )
 
 for _spec in BUILTIN:
