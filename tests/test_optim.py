@@ -49,3 +49,26 @@ def test_no_trainable_parameters_is_a_clear_error():
     p = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_adamw([("w", p)], lr=1e-3)
+
+
+def test_lr_multipliers_put_matching_params_in_their_own_groups_at_a_scaled_lr():
+    body = torch.nn.Linear(3, 3)
+    head = torch.nn.Linear(3, 1)
+    named = [("encoder.weight", body.weight), ("encoder.bias", body.bias),
+             ("classifier.weight", head.weight), ("classifier.bias", head.bias)]
+    opt = build_adamw(named, lr=1e-3, weight_decay=0.1, lr_multipliers={"classifier": 50})
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["params"] == [body.weight]  # group 0: base lr
+    assert by_param[id(head.weight)]["lr"] == pytest.approx(5e-2) and by_param[id(head.weight)]["weight_decay"] == 0.1
+    assert by_param[id(head.bias)]["lr"] == pytest.approx(5e-2) and by_param[id(head.bias)]["weight_decay"] == 0.0
+    assert by_param[id(body.bias)]["lr"] == 1e-3
+    sched = build_scheduler(opt, total_steps=4, kind="linear")
+    opt.step()
+    sched.step()  # the schedule scales every group from its own base lr
+    assert by_param[id(head.weight)]["lr"] == pytest.approx(5e-2 * 0.75)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.75)
+    with pytest.raises(ValueError, match="match no trainable parameter"):
+        build_adamw(named, lr=1e-3, lr_multipliers={"clasifier": 50})
+    # without multipliers the groups are what they always were: decayed first, then the 1-d ones
+    plain = build_adamw(named, lr=1e-3, weight_decay=0.1)
+    assert [len(g["params"]) for g in plain.param_groups] == [2, 2] and all(g["lr"] == 1e-3 for g in plain.param_groups)

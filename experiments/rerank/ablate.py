@@ -53,6 +53,9 @@ VARIANTS = {
     "cosine_bce": ["objective.loss=bce", "data.list_size=null", "data.batch_size=16"],
     "cosine_bce_graded": ["objective.loss=bce", "data.list_size=null", "data.batch_size=16", "data.graded_labels=true"],
     "cosine_frozen": ["objective.prior_trainable=false"],
+    # the zero-initialised correction head at 50x the encoder's lr (at 2e-5 it barely moves next to 20 * cos)
+    "cosine_frozen_head50": ["objective.prior_trainable=false", "objective.lr_multipliers={classifier:50}"],
+    "default_head50": ["objective.lr_multipliers={classifier:50}"],
     "cosine_learn_scale": ["objective.prior_learn_scale=true"],
     "cosine_only": ["objective.residual=false"],  # the bi-encoder branch alone, fine-tuned (no joint encoding)
     "listnet_head": ["objective.prior=none", "data.pair_sides=false"],  # graded listwise, random head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable
 
 import torch
@@ -10,25 +11,48 @@ import torch
 SCHEDULERS = ("cosine", "linear", "constant")
 
 
-def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Trainable params split into decayed (matrices) and non-decayed (biases, norms, 1-d) groups."""
-    decay, no_decay = [], []
+def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float,
+                 lr: float | None = None, lr_multipliers: dict[str, float] | None = None) -> list[dict]:
+    """Trainable params split into decayed (matrices) and non-decayed (biases, norms, 1-d) groups.
+
+    ``lr_multipliers`` (``{regex: factor}``, e.g. ``{classifier: 50}`` for a new head on a pretrained encoder): a
+    parameter whose name matches a regex (``re.search``, first match wins) trains at ``lr * factor`` in groups of
+    its own, after the base groups (group 0 keeps the base lr, which the loop logs). Every regex must match a
+    trainable parameter (a typo would silently train everything at the base lr)."""
+    multipliers = [(re.compile(k), float(v)) for k, v in (lr_multipliers or {}).items()]
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
+    used: set[str] = set()
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        factor = 1.0
+        for rx, f in multipliers:
+            if rx.search(name):
+                factor = f
+                used.add(rx.pattern)
+                break
+        decays = not (p.ndim < 2 or name.endswith(".bias"))
+        groups.setdefault((decays, factor), []).append(p)
+    unused = [rx.pattern for rx, _ in multipliers if rx.pattern not in used]
+    if unused:
+        raise ValueError(f"objective.lr_multipliers: {unused} match no trainable parameter name")
+    out = []
+    for (decays, factor), params in groups.items():
+        if not params and (factor != 1.0 or not decays):
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if factor != 1.0:
+            group["lr"] = lr * factor if lr is not None else None
+        out.append(group)
+    return out
 
 
 FUSED_DEVICES = ("cuda", "cpu", "xpu", "mps")
 
 
 def build_adamw(named_params, *, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
-                fused: bool | None = None) -> torch.optim.AdamW:
-    groups = param_groups(named_params, weight_decay)
+                fused: bool | None = None, lr_multipliers: dict[str, float] | None = None) -> torch.optim.AdamW:
+    groups = param_groups(named_params, weight_decay, lr, lr_multipliers)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: check the adapter config (target_modules) and freezing")
     if fused is None:  # fused kernels exist for these devices and float dtypes (torch >= 2.4 on CPU)

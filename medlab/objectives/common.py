@@ -22,11 +22,13 @@ class OptimSettings:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
     fused_adamw: bool | None = None
+    lr_multipliers: dict[str, float] | None = None  # {param-name regex: lr factor} (medlab.engine.optim.param_groups)
 
     def build(self, named_params, total_steps: int) -> dict:
         """AdamW over the trainable params + the per-step schedule, in the loop's expected shape."""
         opt = build_adamw(named_params, lr=self.lr, weight_decay=self.weight_decay, betas=tuple(self.betas),
-                          eps=self.eps, fused=self.fused_adamw)
+                          eps=self.eps, fused=self.fused_adamw,
+                          lr_multipliers=dict(self.lr_multipliers) if self.lr_multipliers else None)
         sched = build_scheduler(opt, total_steps=total_steps, kind=self.scheduler, warmup_steps=self.warmup_steps,
                                 warmup_ratio=self.warmup_ratio, min_lr_ratio=self.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
