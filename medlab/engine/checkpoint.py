@@ -383,10 +383,17 @@ def save_checkpoint(
         except Exception as exc:  # noqa: BLE001
             error = exc
     barrier()  # 2: every rank's files are written and fsynced
+    return _publish(tmp, final, step, rank=rank, world_size=world_size, error=error, barrier=barrier, root=root,
+                    keep_last=keep_last, protect=protect)
 
+
+def _publish(tmp, final: Path, step: int, *, rank: int, world_size: int, error, barrier, root: Path, keep_last,
+             protect, fmt: str | None = None) -> Path:
+    """After every rank wrote its files: rank 0 commits (COMPLETE last, rename), every rank learns the outcome, and
+    the old checkpoints are pruned. Shared by the one-file and the sharded saves."""
     if rank == 0 and error is None:
         try:
-            _commit(tmp, final, step, world_size)
+            _commit(tmp, final, step, world_size, fmt)
         except Exception as exc:  # noqa: BLE001
             error = exc
     barrier()  # 3: published (or failed)
@@ -720,19 +727,8 @@ def _save_sharded(*, root: Path, step: int, model, optimizer, scheduler, loop_st
     elif error is None:
         error = CheckpointError(f"Rank {rank}: checkpoint {final} not saved: another rank failed first.")
     barrier()  # 2: every rank's shard, the metadata and every RNG file are written and fsynced
-    if rank == 0 and error is None:
-        try:
-            _commit(tmp, final, step, world_size, SHARDED)
-        except Exception as exc:  # noqa: BLE001
-            error = exc
-    barrier()  # 3: published (or failed)
-    if error is not None:
-        raise error
-    if not is_complete(final):
-        raise CheckpointError(f"Rank {rank}: checkpoint {final} was not published (rank 0 failed to commit it).")
-    if rank == 0:
-        _prune(root, step, keep_last, protect)
-    return final
+    return _publish(tmp, final, step, rank=rank, world_size=world_size, error=error, barrier=barrier, root=root,
+                    keep_last=keep_last, protect=protect, fmt=SHARDED)
 
 
 def _sharded_keys(path: Path) -> set[str]:
