@@ -42,14 +42,7 @@ def group_advantages(
     ``frac_reward_zero_std`` counts samples rather than groups and skips groups with <= 1 valid reward),
     ``masked`` (number of NaN rewards), ``adv/abs_mean``.
     """
-    if rewards.dim() != 1:
-        raise ValueError(f"group_advantages expects rewards [N], got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.numel() % group_size != 0:
-        raise ValueError(f"group_size must be >= 1 and divide N={rewards.numel()}, got {group_size}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    _check(rewards, group_size, scale, SCALES, eps)
     r = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
     grouped = r.view(-1, group_size)  # [N/G, G]
     valid = ~torch.isnan(grouped)
