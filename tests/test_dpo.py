@@ -192,6 +192,42 @@ def test_chunked_sequence_logps_equal_a_plain_forward():
     assert torch.equal(batch["input_ids"][0, :5], batch["input_ids"][n, :5])  # chosen/rejected share the prompt
 
 
+def test_length_buckets_bound_the_padding_and_keep_every_row_once():
+    from medlab.objectives.preference_common import length_buckets
+
+    lengths = [261, 88, 240, 100, 30, 250, 95, 31]
+    groups = length_buckets(lengths, 0.1)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    assert groups == [[0, 5, 2], [3, 6, 1], [7, 4]]
+    for g in groups:
+        assert len(g) * lengths[g[0]] <= 1.1 * sum(lengths[i] for i in g)
+    assert length_buckets(lengths, 10.0) == [[0, 5, 2, 3, 6, 1, 7, 4]]  # loose enough: one forward
+    assert length_buckets([5, 5, 5], 0.0) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_length_grouped_logps_and_gradients_equal_one_padded_forward(side):
+    """objective.max_padding regroups the rows by length (several forwards, less padding): the same log-probs, the
+    same counts and the same gradients as one forward over the padded batch, whatever the padding side."""
+    from medlab.objectives.preference_common import length_buckets, sequence_logps
+
+    _, module, data = build("dpo", [f"data.padding_side={side}"])
+    batch = data.collate([data.train_dataset[i] for i in range(6)])
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert len(length_buckets(lengths, 0.0)) > 1 and max(lengths) == batch["input_ids"].shape[1]
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    out = {}
+    for key, pad in (("one", None), ("grouped", 0.0)):
+        lp, n = sequence_logps(module.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                               chunk_size=5, max_padding=pad)
+        grads = torch.autograd.grad((lp * torch.linspace(-1, 1, len(lp))).sum(), params)
+        out[key] = (lp.detach(), n, grads)
+    torch.testing.assert_close(out["grouped"][0], out["one"][0], rtol=1e-5, atol=2e-4)
+    assert torch.equal(out["grouped"][1], out["one"][1])
+    for a, b in zip(out["grouped"][2], out["one"][2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- config
 def test_config_problems_are_reported_up_front():
     from medlab.config import ConfigError, validate_config

@@ -115,6 +115,23 @@ def test_the_reward_of_a_sequence_does_not_depend_on_padding_side_even_when_pad_
         torch.testing.assert_close(hf, right, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_length_grouped_rewards_and_gradients_equal_one_padded_forward(side):
+    """objective.max_padding: the rows run as length groups (several forwards, little padding) with the same rewards
+    and the same gradients as one forward over the padded batch."""
+    model = _tiny_scorer(pad_id=0)
+    seqs = [[5, 6, 7, 2], [9, 10, 2], [11, 12, 13, 14, 15, 16, 2], [3, 4, 5, 6, 7, 8, 2], [17, 2]]
+    ids, mask = _padded(seqs, 0, side)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {}
+    for key, pad in (("one", None), ("grouped", 0.0)):
+        r = sequence_rewards(model, ids, mask, max_padding=pad)
+        out[key] = (r.detach(), torch.autograd.grad((r * torch.linspace(-1, 1, len(r))).sum(), params))
+    torch.testing.assert_close(out["grouped"][0], out["one"][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(out["grouped"][1], out["one"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_encoder_rewards_do_not_depend_on_padding_side():
     from transformers import BertConfig, BertForSequenceClassification
 

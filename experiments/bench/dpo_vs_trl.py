@@ -22,6 +22,9 @@ What is held equal (the parent writes one pairs file and one token file; every r
   no precomputed reference. AdamW (fused where torch has it, both sides), constant lr, no warm-up, grad clip 1.0,
   no gradient checkpointing, no evaluation, no checkpoints, batch ``--batch-size`` pairs, accumulation 1.
   TRL 1.16 computes the log-probs through its fused LM head (its default); medlab through its chunked head path.
+  Padding: each side its default -- TRL pads the batch's 2B rows to the longest one (its ``padding_free`` is
+  "temporarily unavailable" in 1.16 and falls back to padding); medlab regroups the rows by length into forwards
+  padded by at most 10% (``objective.max_padding=0.1``; ``--medlab-max-padding null``: one padded forward too).
 * One process per run, frameworks alternating (ABBA) over ``--repeats``; ``OMP_NUM_THREADS=--threads``.
 
 Measured (the first ``--warmup`` steps excluded): step time (medlab: from its per-step CSV log, tokens /
@@ -213,7 +216,7 @@ def run_medlab(a, adapter: str, mdir: Path, pairs: Path, work: Path, tag: str) -
             "logger=csv", "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "trainer.gradient_clip_val=1.0",
             f"objective.lr={a.lr}", "objective.scheduler=constant", "objective.warmup_ratio=0", "objective.beta=0.1",
             "objective.betas=[0.9,0.999]", "objective.weight_decay=0.0", "trainer.seed=0",
-            "strategy.precision=32-true", f"hydra.run.dir={run_dir}"]
+            "strategy.precision=32-true", f"hydra.run.dir={run_dir}", f"objective.max_padding={a.medlab_max_padding}"]
     if a.device == "cuda":
         argv += ["strategy.accelerator=cuda"]
     if adapter == "lora":
@@ -269,6 +272,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--medlab-max-padding", default="0.1", help="medlab's objective.max_padding (null: one padded "
+                   "forward like TRL)")
     p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     a = p.parse_args()
     adapters = a.adapter or ["lora"]
@@ -293,7 +298,8 @@ def main() -> None:
         m, t = summarize(res["medlab"], per_step, a.warmup), summarize(res["trl"], per_step, a.warmup)
         rows.append((adapter, m, t))
     cpu = _cpu_name()
-    head = (f"{a.model}, {a.device}, fp32, batch {a.batch_size} pairs, max length {a.max_length}, {a.steps} steps "
+    head = (f"{a.model}, {a.device}, fp32, batch {a.batch_size} pairs, max length {a.max_length}, medlab max_padding "
+            f"{a.medlab_max_padding}, {a.steps} steps "
             f"({a.warmup} warm-up excluded), {a.repeats} repeat(s), {a.threads} threads; {a.data.name}; "
             f"{sum(per_step)} tokens")
     lines = [f"{SECTION} ({_dt.date.today()}, {cpu})", "", head, "",

@@ -20,7 +20,9 @@ What is held equal (the parent writes one pairs file and one token file; every r
 * Objective: -log sigmoid(r_c - r_r), no margin, no centering; ``--adapter full`` or ``lora`` (the
   ``conf/adapter/lora.yaml`` targets, r 8, alpha 16, dropout 0, the score head trained in full: peft SEQ_CLS).
   AdamW (fused where torch has it, both sides), constant lr, no warm-up, grad clip 1.0, no gradient checkpointing,
-  no evaluation, no checkpoints, batch ``--batch-size`` pairs, accumulation 1.
+  no evaluation, no checkpoints, batch ``--batch-size`` pairs, accumulation 1. Padding: each side its default --
+  TRL pads the 2B rows to the longest one; medlab regroups them by length into forwards padded by at most 10%
+  (``objective.max_padding=0.1``; ``--medlab-max-padding null``: one padded forward too).
 * One process per run, frameworks alternating (ABBA) over ``--repeats``; ``OMP_NUM_THREADS=--threads``.
 
 Measured (the first ``--warmup`` steps excluded): step time (medlab: from its per-step CSV log, tokens /
@@ -236,7 +238,7 @@ def run_medlab(a, adapter: str, mdir: Path, pairs: Path, work: Path, tag: str) -
             f"objective.lr={a.lr}", "objective.scheduler=constant", "objective.warmup_ratio=0",
             "objective.betas=[0.9,0.999]", "objective.weight_decay=0.0", "trainer.seed=0", "objective.use_margin=false",
             f"adapter={'lora' if adapter == 'lora' else 'none'}",
-            "strategy.precision=32-true", f"hydra.run.dir={run_dir}"]
+            "strategy.precision=32-true", f"hydra.run.dir={run_dir}", f"objective.max_padding={a.medlab_max_padding}"]
     if a.device == "cuda":
         argv += ["strategy.accelerator=cuda"]
     if adapter == "lora":
@@ -292,6 +294,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--medlab-max-padding", default="0.1", help="medlab's objective.max_padding (null: one padded "
+                   "forward like TRL)")
     p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     a = p.parse_args()
     adapters = a.adapter or ["full"]
@@ -316,7 +320,8 @@ def main() -> None:
         m, t = summarize(res["medlab"], per_step, a.warmup), summarize(res["trl"], per_step, a.warmup)
         rows.append((adapter, m, t))
     cpu = _cpu_name()
-    head = (f"{a.model}, {a.device}, fp32, batch {a.batch_size} pairs, max length {a.max_length}, {a.steps} steps "
+    head = (f"{a.model}, {a.device}, fp32, batch {a.batch_size} pairs, max length {a.max_length}, medlab max_padding "
+            f"{a.medlab_max_padding}, {a.steps} steps "
             f"({a.warmup} warm-up excluded), {a.repeats} repeat(s), {a.threads} threads; {a.data.name}; "
             f"{sum(per_step)} tokens")
     lines = [f"{SECTION} ({_dt.date.today()}, {cpu})", "", head, "",

@@ -29,6 +29,22 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = {  # name -> training overrides
     "minilm": ["model=minilm", "adapter=none", "objective.lr=5e-5"],
+    # the reward starts as the zero-shot cosine (objective.prior=cosine, head at zero, frozen cosine) and the head
+    # learns the correction at 50x the lr (the reranker's recipe, experiments/rerank)
+    "minilm_prior": ["model=minilm", "adapter=none", "objective.prior=cosine", "data.pair_sides=true",
+                     "objective.prior_trainable=false", "objective.lr=2e-5", "objective.lr_multipliers={classifier:50}",
+                     "data.min_prompt_length=48"],  # the joint encoding keeps >= 48 question tokens
+    # the cosine branch fine-tuned too (shared backbone) at a small lr
+    "minilm_prior_trainable": ["model=minilm", "adapter=none", "objective.prior=cosine", "data.pair_sides=true",
+                               "objective.prior_trainable=true", "objective.lr=1e-5",
+                               "objective.lr_multipliers={classifier:50}", "data.min_prompt_length=48"],
+    # the same from the MiniLM bi-encoder pre-trained in-domain on MedQuAD question -> answer pairs
+    # (experiments/rerank/ablate.py PRETRAIN["medquad"]; run it first: its export is the starting model)
+    "minilm_prior_medquad": ["model=minilm", "model.source=hf",
+                             f"model.path={ROOT / 'outputs/rerank_ablation/pretrain/medquad/export'}", "adapter=none",
+                             "objective.prior=cosine", "data.pair_sides=true", "objective.prior_trainable=false",
+                             "objective.lr=2e-5", "objective.lr_multipliers={classifier:50}",
+                             "data.min_prompt_length=48"],
     "smollm2_lora": ["model=smollm2_135m", "adapter=lora", "adapter.r=8", "adapter.alpha=16", "objective.lr=5e-4"],
 }
 

@@ -61,6 +61,8 @@ class PreferenceData:
         margin_from_score / margin_scale / max_pairs_per_group: pairs from judgments (every higher-vs-lower pair
             of one group): margin = scale * score difference when on; at most N pairs per group (largest gaps first).
         padding_side: ``right`` (default) or ``left``.
+        pair_sides: encoders only: batches also carry the prompt and the completion encoded alone (``query.*`` /
+            ``doc.*``), for a reward model whose score starts as their cosine (``objective.prior=cosine``).
         on_bad_row: ``error`` (raise listing every bad row) or ``skip`` (drop, counted ``bad_row/<reason>``).
         limit / val_limit: first N records only (smoke tests).
     """
@@ -75,7 +77,8 @@ class PreferenceData:
                  max_pairs_per_group: int | None = None, padding_side: str = "right", val_split: float = 0.0,
                  val_split_min: int = 1, val_split_max: int | None = None, on_bad_row: str = "error",
                  batch_size: int = 8, val_batch_size: int | None = None, num_workers: int = 0,
-                 limit: int | None = None, val_limit: int | None = None, seed: int = 0, group_by_length: bool = False):
+                 limit: int | None = None, val_limit: int | None = None, seed: int = 0, group_by_length: bool = False,
+                 pair_sides: bool = False):
         self.paths = as_path_list(path) if path else []
         self.val_paths = as_path_list(val_path) if val_path else []
         self.format, self.fields = format, F.mapped(fields)
@@ -87,7 +90,7 @@ class PreferenceData:
         self.on_bad_row, self.seed = on_bad_row, seed
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.limit, self.val_limit = num_workers, limit, val_limit
-        self.group_by_length = group_by_length
+        self.group_by_length, self.pair_sides = group_by_length, bool(pair_sides)
         self.train_dataset: list[dict] = []
         self.val_dataset: list[dict] | None = None
         self.encoder: PreferenceEncoder | None = None
@@ -191,7 +194,7 @@ class PreferenceData:
         self.paired = not (self.unpaired or (self.unpaired is None and self._row_kinds == {"unpaired"}))
         template = get_template(self.template, tokenizer) if resolve_encoding(self.encoding, tokenizer) == "chat" else None
         self.encoder = PreferenceEncoder(tokenizer, template, self.max_length, self.max_prompt_length,
-                                         self.min_prompt_length)
+                                         self.min_prompt_length, self.pair_sides)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else require_eos_id(tokenizer)
         self.stop_token_ids = stop_token_ids(template, tokenizer) if template is not None else ()
         self.train_dataset = self._examples(rows, "train", counts)
@@ -249,10 +252,12 @@ class PreferenceData:
         text, prompt = self._prompt(row, memo)
         chosen = self._completion(row, text, row["chosen"], memo)
         rejected = self._completion(row, text, row["rejected"], memo)
+        # pair_sides: each text alone, whole (up to max_length), as the bi-encoder of the cosine prior reads it
+        sides = {"prompt_side": prompt, "chosen_side": chosen, "rejected_side": rejected} if self.pair_sides else {}
         prompt, (chosen, rejected), why = self.encoder.fit(prompt, [chosen, rejected])
         if why is None and chosen == rejected:
             why = "same_completion"  # equal once truncated
-        return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
+        return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, **sides,
                 "margin": row.get("margin"), "group": row["group"], "source": row.get("source")}, why
 
     def _encode_unpaired(self, row: dict, memo: dict) -> tuple[dict, str | None]:

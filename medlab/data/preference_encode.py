@@ -7,6 +7,9 @@
   completion, and every completion ends with the end-of-turn/EOS token.
 - Encoders (``encoding: pair``, e.g. MiniLM): (prompt text, completion text) as the tokenizer's text pair
   (``[CLS] prompt [SEP] completion [SEP]`` with token types).
+- ``pair_sides`` (encoders, for a reward model with ``objective.prior=cosine``): each batch also carries the prompt
+  and the completion encoded alone (``query.*`` / ``doc.*`` keys, ``[CLS] text [SEP]``), as a bi-encoder encodes
+  them, so the reward can start as their cosine similarity (``medlab.retrieval.prior``).
 - Length (`fit`): the prompt is cut from the left first (to ``max_prompt_length``, then as far as needed down to
   ``min_prompt_length`` tokens), then completions from the right keeping their last (end) token; a row where a
   completion keeps no content token is dropped (``dropped/empty_completion``).
@@ -46,12 +49,16 @@ class PreferenceEncoder:
     max_length: int
     max_prompt_length: int | None = None
     min_prompt_length: int = 8
+    pair_sides: bool = False
 
     def __post_init__(self) -> None:
         self.end_id = end_of_turn_id(self.template, self.tokenizer) if self.template else None
         self.eos_id = require_eos_id(self.tokenizer) if self.template else None
         self.layout = None if self.template else pair_layout(self.tokenizer)
         self.specials = 0 if self.template else sum(len(part) for part in self.layout[0])
+        if self.pair_sides and self.template is not None:
+            raise DataError("data.pair_sides=true encodes the prompt and the completion alone, as a bi-encoder does: "
+                            "it needs an encoder tokenizer (encoding=pair, e.g. model=minilm), not a chat template")
 
     @property
     def pair(self) -> bool:
@@ -102,6 +109,24 @@ class PreferenceEncoder:
         head = len(pre) + len(prompt) + len(mid)  # the first completion token; labels: completion + [SEP]
         labels = [IGNORE_INDEX] * head + ids[head:]
         return ids, labels, types
+
+    def alone(self, ids: list[int]) -> list[int]:
+        """One text's ids encoded alone with the tokenizer's single-sequence specials (``[CLS] text [SEP]``),
+        cut from the right to ``max_length``."""
+        if not hasattr(self, "_single"):
+            self._single = single_layout(self.tokenizer)
+        before, after = self._single
+        return before + list(ids[: max(0, self.max_length - len(before) - len(after))]) + after
+
+
+def single_layout(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after one text (``[CLS]`` / ``[SEP]`` for BERT)."""
+    text = tokenizer("medlab", add_special_tokens=False)["input_ids"]
+    full = tokenizer("medlab")["input_ids"]
+    for i in range(len(full) - len(text) + 1):
+        if full[i:i + len(text)] == text:
+            return list(full[:i]), list(full[i + len(text):])
+    raise DataError(f"cannot find where {type(tokenizer).__name__} puts its special tokens around one text")
 
 
 def pair_layout(tokenizer: Any) -> tuple[tuple[list[int], list[int], list[int]], tuple[int, ...]]:
@@ -171,9 +196,10 @@ def pad(rows: Sequence[list[int]], value: int, width: int, side: str) -> torch.T
 
 
 def batch_of(encoder: PreferenceEncoder, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, side: str,
-             prefix: str = "") -> dict[str, torch.Tensor]:
+             prefix: str = "", sides: Sequence[tuple[list[int], list[int]]] | None = None) -> dict[str, torch.Tensor]:
     """(prompt, completion) token lists -> ``{prefix}input_ids``, ``attention_mask``, ``labels`` [N, T] (plus
-    ``token_type_ids`` for text pairs), padded on ``side``."""
+    ``token_type_ids`` for text pairs), padded on ``side``. With ``encoder.pair_sides`` also ``query.*`` / ``doc.*``:
+    each text alone, from ``sides`` (the untruncated (prompt, completion) ids; default ``pairs``)."""
     seqs = [encoder.sequence(p, c) for p, c in pairs]
     width = max(1, max(len(s[0]) for s in seqs))
     out = {f"{prefix}input_ids": pad([s[0] for s in seqs], pad_id, width, side),
@@ -181,6 +207,13 @@ def batch_of(encoder: PreferenceEncoder, pairs: Sequence[tuple[list[int], list[i
            f"{prefix}labels": pad([s[1] for s in seqs], IGNORE_INDEX, width, side)}
     if encoder.pair:
         out[f"{prefix}token_type_ids"] = pad([s[2] for s in seqs], 0, width, side)
+    if encoder.pair_sides:  # the prompt and the completion alone: query.* / doc.* (objective.prior=cosine)
+        sides = pairs if sides is None else sides
+        for name, texts in (("query", [p for p, _ in sides]), ("doc", [c for _, c in sides])):
+            rows = [encoder.alone(t) for t in texts]
+            w = max(1, max(len(r) for r in rows))
+            out[f"{prefix}{name}.input_ids"] = pad(rows, pad_id, w, "right")
+            out[f"{prefix}{name}.attention_mask"] = pad([[1] * len(r) for r in rows], 0, w, "right")
     return out
 
 
@@ -188,7 +221,11 @@ def collate_paired(encoder: PreferenceEncoder, examples: Sequence[dict], pad_id:
     """Paired batch: rows 0..B-1 = prompt + chosen, B..2B-1 = prompt + rejected (same order); ``margin`` [B]."""
     pairs = [(e["prompt_ids"], e["chosen_ids"]) for e in examples] + \
             [(e["prompt_ids"], e["rejected_ids"]) for e in examples]
-    batch = batch_of(encoder, pairs, pad_id, side)
+    sides = None
+    if encoder.pair_sides:
+        sides = [(e.get("prompt_side", e["prompt_ids"]), e.get(f"{k}_side", e[f"{k}_ids"]))
+                 for k in ("chosen", "rejected") for e in examples]
+    batch = batch_of(encoder, pairs, pad_id, side, sides=sides)
     batch["margin"] = torch.tensor([float(e.get("margin") or 0.0) for e in examples], dtype=torch.float32)
     return _extras(batch, examples, "attention_mask")
 

@@ -30,7 +30,8 @@ PREFERENCE_DATA = "medlab.data.preference.PreferenceData"
 # the run's data settings a preference evaluation keeps (how prompts and completions become tokens, how judgments
 # become pairs); eval.* sets any of them, plus fields / on_bad_row / limit
 KEPT = ("format", "fields", "template", "encoding", "system_prompt", "max_length", "max_prompt_length",
-        "min_prompt_length", "margin_from_score", "margin_scale", "max_pairs_per_group", "padding_side", "on_bad_row")
+        "min_prompt_length", "margin_from_score", "margin_scale", "max_pairs_per_group", "padding_side", "on_bad_row",
+        "pair_sides")
 
 
 def preference_data(cfg: Any, ev: Mapping[str, Any]):

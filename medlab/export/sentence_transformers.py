@@ -59,6 +59,11 @@ def write_retrieval_files(model: Any, tokenizer: Any, out_dir: str | Path, objec
     """The sentence-transformers files for a retrieval / rerank run's export in ``out_dir`` (already holding the
     model and tokenizer); returns the notes written to its README (empty: it loads exactly as trained)."""
     task = eval_task(objective_cfg)
+    if task == "preference":  # an encoder reward model with objective.prior=cosine: the same two halves
+        notes = _cosine_prior(model, tokenizer, Path(out_dir), _plain(objective_cfg), _plain(data_cfg))
+        for n in notes:
+            log.warning("export: %s", n.replace("reranker", "reward model").replace("(q, d)", "(prompt, completion)"))
+        return notes
     if task not in ("retrieval", "rerank"):
         return []
     out_dir, data_cfg, objective_cfg = Path(out_dir), _plain(data_cfg), _plain(objective_cfg)

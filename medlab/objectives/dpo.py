@@ -33,6 +33,7 @@ from medlab.objectives.preference_common import (
     RefCache,
     ReferencePolicy,
     check_bound_data,
+    max_padding_problems,
     pairing_problem,
     sharded_strategy_problem,
     sequence_logps,
@@ -75,7 +76,7 @@ def dpo_config_problems(o, cfg) -> list[str]:
                    "there is nothing to precompute")
     if o.get("ref_adapter") and str(cfg.adapter.get("kind")) not in ("lora", "dora"):
         out.append("objective.ref_adapter (the starting adapter as reference) needs adapter=lora or qlora")
-    return out
+    return out + max_padding_problems(o.get("max_padding", 0.1))
 
 
 class DPO(L.LightningModule):
@@ -90,11 +91,12 @@ class DPO(L.LightningModule):
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, beta: float = 0.1,
                  loss_type: str | Sequence[str] = "sigmoid", loss_weights: Sequence[float] | None = None,
                  label_smoothing: float = 0.0, simpo_gamma: float = 0.5, precompute_ref_logps: bool = False,
-                 ref_adapter: str | None = None, loss_chunk_size: int | None = None, **optim):
+                 ref_adapter: str | None = None, loss_chunk_size: int | None = None, max_padding: float | None = 0.1,
+                 **optim):
         super().__init__()
         types = loss_types_of(loss_type)
         problems = dpo_config_problems({"loss_type": types, "loss_weights": loss_weights, "beta": beta,
-                                        "label_smoothing": label_smoothing,
+                                        "label_smoothing": label_smoothing, "max_padding": max_padding,
                                         "precompute_ref_logps": precompute_ref_logps}, _NoAdapter())
         if problems:
             raise ValueError("; ".join(problems))
@@ -104,7 +106,7 @@ class DPO(L.LightningModule):
         self.label_smoothing, self.simpo_gamma = float(label_smoothing), float(simpo_gamma)
         self.uses_reference = needs_reference(types)
         self.precompute = bool(precompute_ref_logps) and self.uses_reference
-        self.loss_chunk_size = loss_chunk_size
+        self.loss_chunk_size, self.max_padding = loss_chunk_size, max_padding
         self.reference = ReferencePolicy(model, ref_adapter, self.precompute) if self.uses_reference else None
         self.ref_cache = RefCache()
         self.optim = OptimSettings(**{"lr": 5e-7, **optim})
@@ -131,7 +133,8 @@ class DPO(L.LightningModule):
 
     def policy_logps(self, batch: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         return sequence_logps(model if model is not None else self.model, batch["input_ids"],
-                              batch.get("attention_mask"), batch["labels"], chunk_size=self.loss_chunk_size)
+                              batch.get("attention_mask"), batch["labels"], chunk_size=self.loss_chunk_size,
+                              max_padding=self.max_padding)
 
     def reference_logps(self, batch: dict, split: str = "train") -> torch.Tensor | None:
         """``[2B]`` reference log-probs (chosen then rejected), or None for reference-free losses."""

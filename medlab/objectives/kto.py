@@ -30,6 +30,7 @@ from medlab.objectives.preference_common import (
     MetricSums,
     ReferencePolicy,
     check_bound_data,
+    max_padding_problems,
     pairing_problem,
     sharded_strategy_problem,
     sequence_logps,
@@ -51,15 +52,17 @@ class KTO(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, beta: float = 0.1, desirable_weight: float = 1.0,
                  undesirable_weight: float = 1.0, micro_batch_size: int | None = None,
-                 ref_adapter: str | None = None, loss_chunk_size: int | None = None, **optim):
+                 ref_adapter: str | None = None, loss_chunk_size: int | None = None, max_padding: float | None = 0.1,
+                 **optim):
         super().__init__()
-        problems = _problems(beta, desirable_weight, undesirable_weight, micro_batch_size)
+        problems = _problems(beta, desirable_weight, undesirable_weight, micro_batch_size) + \
+            max_padding_problems(max_padding)
         if problems:
             raise ValueError("; ".join(problems))
         self.model, self.tokenizer = model, tokenizer
         self.beta, self.micro_batch_size = float(beta), micro_batch_size
         self.desirable_weight, self.undesirable_weight = float(desirable_weight), float(undesirable_weight)
-        self.loss_chunk_size = loss_chunk_size
+        self.loss_chunk_size, self.max_padding = loss_chunk_size, max_padding
         self.reference = ReferencePolicy(model, ref_adapter)
         self.optim = OptimSettings(**{"lr": 5e-7, **optim})
         self.estimated_stepping_batches = 1
@@ -70,7 +73,7 @@ class KTO(L.LightningModule):
     def config_problems(cls, cfg) -> list[str]:
         o = cfg.objective
         out = _problems(o.get("beta", 0.1), o.get("desirable_weight", 1.0), o.get("undesirable_weight", 1.0),
-                        o.get("micro_batch_size"))
+                        o.get("micro_batch_size")) + max_padding_problems(o.get("max_padding", 0.1))
         if o.get("ref_adapter") and str(cfg.adapter.get("kind")) not in ("lora", "dora"):
             out.append("objective.ref_adapter (the starting adapter as reference) needs adapter=lora or qlora")
         pairing = pairing_problem(cfg, paired=False, objective="kto")
@@ -87,7 +90,8 @@ class KTO(L.LightningModule):
 
     def _logps(self, model, batch: dict, prefix: str = "") -> torch.Tensor:
         return sequence_logps(model, batch[f"{prefix}input_ids"], batch.get(f"{prefix}attention_mask"),
-                              batch[f"{prefix}labels"], chunk_size=self.loss_chunk_size)[0]
+                              batch[f"{prefix}labels"], chunk_size=self.loss_chunk_size,
+                              max_padding=self.max_padding)[0]
 
     def _mean_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         fabric = getattr(self, "_fabric", None)

@@ -21,6 +21,7 @@ from medlab.objectives.common import OptimSettings
 from medlab.objectives.preference_common import (
     MetricSums,
     check_bound_data,
+    max_padding_problems,
     pairing_problem,
     sequence_logps,
     sharded_strategy_problem,
@@ -38,13 +39,13 @@ class ORPO(L.LightningModule):
     owns_backward = False
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, lam: float = 0.1,
-                 loss_chunk_size: int | None = None, **optim):
+                 loss_chunk_size: int | None = None, max_padding: float | None = 0.1, **optim):
         super().__init__()
-        problems = _problems(lam)
+        problems = _problems(lam) + max_padding_problems(max_padding)
         if problems:
             raise ValueError("; ".join(problems))
         self.model, self.tokenizer, self.lam = model, tokenizer, float(lam)
-        self.loss_chunk_size = loss_chunk_size
+        self.loss_chunk_size, self.max_padding = loss_chunk_size, max_padding
         self.optim = OptimSettings(**{"lr": 8e-6, **optim})
         self.estimated_stepping_batches = 1
         self.flops_seq_len: int | None = None
@@ -54,7 +55,8 @@ class ORPO(L.LightningModule):
     def config_problems(cls, cfg) -> list[str]:
         pairing = pairing_problem(cfg, paired=True, objective="orpo")
         sharded = sharded_strategy_problem(cfg, "orpo")
-        return _problems(cfg.objective.get("lam", 0.1)) + [p for p in (pairing, sharded) if p]
+        return (_problems(cfg.objective.get("lam", 0.1)) + max_padding_problems(cfg.objective.get("max_padding", 0.1))
+                + [p for p in (pairing, sharded) if p])
 
     def bind_data(self, data) -> None:
         check_bound_data(data, paired=True, objective="orpo")
@@ -63,7 +65,7 @@ class ORPO(L.LightningModule):
     def pair_terms(self, batch: dict, split: str = "train") -> tuple[torch.Tensor, dict]:
         """Per-pair losses [B] and the metrics of one batch (``split``: unused, no reference)."""
         logps, lengths = sequence_logps(self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
-                                        chunk_size=self.loss_chunk_size)
+                                        chunk_size=self.loss_chunk_size, max_padding=self.max_padding)
         avg = logps / lengths.clamp(min=1)
         n = logps.shape[0] // 2
         nll = -avg[:n]

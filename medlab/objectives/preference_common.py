@@ -5,6 +5,12 @@ head path, the reference policy, the precomputed reference cache and the metric 
 concatenated, ``[2B, T]``); only the positions whose next token is a completion label are projected through the
 LM head, chunk by chunk (``medlab.ops.linear_logps``), so no ``[R, T, V]`` logits exist. Models whose logits are
 not a plain linear map of the hidden states fall back to full logits (``linear_ce.lm_head_parts`` says why).
+With ``max_padding`` (the objectives' ``objective.max_padding``, default 0.1) the rows are first regrouped by
+length (:func:`length_buckets`): each group runs as its own forward, cut to its longest row, so that padding is at
+most that fraction of the tokens a forward computes. Chosen and rejected completions often differ a lot in length
+(and a batch's rows with them); one padded ``[2B, T]`` forward spends 25-50% of its compute and activation memory
+on padding there. Every group is a plain right-padded batch, so any model is correct without packed-sequence
+masks; FSDP-sharded models keep one forward (every rank must run the same collectives).
 
 **Reference policy** (:class:`ReferencePolicy`), in this order:
 
@@ -60,10 +66,87 @@ def find_peft(model) -> object | None:
     return None
 
 
+def length_buckets(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Row indices grouped longest first so that each group's padded size (rows x its longest row) exceeds its
+    real tokens by at most ``max_padding`` (a fraction): ``[[longest, ...], ...]``; every index exactly once."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= (1.0 + max_padding) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
+
+
+def max_padding_problems(value) -> list[str]:
+    """Config check of ``objective.max_padding``: null or a number >= 0."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+        return []
+    return [f"objective.max_padding must be null (one padded forward) or a fraction >= 0 (e.g. 0.1), got {value!r}"]
+
+
+def sharded(model: torch.nn.Module) -> bool:
+    """True under FSDP2 (``fully_shard`` units inside): every rank must then run the same forwards."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def row_groups(attention_mask: torch.Tensor, max_padding: float
+               ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """The rows of a padded batch regrouped by :func:`length_buckets`: per group ``(rows [g], index [g, T_g],
+    valid [g, T_g])`` -- ``take(t, rows, index)`` gives the group's right-padded ``[g, T_g]`` slice of any
+    ``[R, T]`` tensor, ``valid`` its attention mask. None when one padded forward is already that tight. Each row's
+    real tokens must be contiguous (left or right padding). One host sync (the row lengths)."""
+    real = attention_mask.sum(1)
+    lengths = real.tolist()
+    groups = length_buckets(lengths, float(max_padding))
+    if len(groups) == 1 and max(lengths) == attention_mask.shape[1] or max(lengths) == 0:
+        return None
+    first = (attention_mask.cumsum(1) == 0).sum(1)  # left padding: where each row's tokens start
+    out = []
+    for group in groups:
+        rows = torch.as_tensor(group, device=attention_mask.device)
+        steps = torch.arange(lengths[group[0]], device=attention_mask.device)
+        index = (first[rows, None] + steps[None]).clamp(max=attention_mask.shape[1] - 1)
+        out.append((rows, index, steps[None] < real[rows, None]))
+    return out
+
+
+def take(t: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return t.index_select(0, rows).gather(1, index)
+
+
+def in_row_order(parts: list[torch.Tensor], groups: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """Per-group results ``[g, ...]`` back in the batch's row order."""
+    order = torch.cat([g[0] for g in groups])
+    return torch.cat(parts).index_select(0, torch.argsort(order))
+
+
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor, *,
-                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_size: int | None = None, max_padding: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(summed log-probs of each row's label tokens [R] fp32, label-token counts [R])``; labels are -100 off
-    the completion (prompt, padding)."""
+    the completion (prompt, padding). ``max_padding``: run the rows as length groups (module docstring); None =
+    one forward over the padded batch."""
+    groups = None
+    if max_padding is not None and attention_mask is not None and input_ids.shape[0] > 1 and not sharded(model):
+        groups = row_groups(attention_mask, max_padding)
+    if groups is None:
+        return _padded_logps(model, input_ids, attention_mask, labels, chunk_size)
+    parts = [_padded_logps(model, take(input_ids, rows, index), valid.to(attention_mask.dtype),
+                           take(labels, rows, index).masked_fill(~valid, IGNORE_INDEX), chunk_size)[0]
+             for rows, index, valid in groups]
+    return in_row_order(parts, groups), (labels[:, 1:] != IGNORE_INDEX).sum(1)
+
+
+def _padded_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                  chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     lengths = mask.sum(1)

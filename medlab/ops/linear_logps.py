@@ -31,7 +31,7 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -
 
 def _dlogp_dz(z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``onehot(y) - softmax(z)`` on valid rows (0 elsewhere), computed in place of ``z``."""
-    dz = torch.exp(z.sub_(lse[:, None])).neg_()
+    dz = z.sub_(lse[:, None]).exp_().neg_()
     dz[torch.arange(len(y), device=y.device), y] += 1.0
     return dz.mul_(valid[:, None])
 

@@ -69,7 +69,8 @@ class RewardModelReward:
             encoding = resolve_encoding(str(data.get("encoding", "auto")), tok)
             template = get_template(str(data.get("template", "chatml")), tok) if encoding == "chat" else None
             encoder = PreferenceEncoder(tok, template, int(self.max_length or data.get("max_length") or 512),
-                                        data.get("max_prompt_length"), int(data.get("min_prompt_length") or 8))
+                                        data.get("max_prompt_length"), int(data.get("min_prompt_length") or 8),
+                                        bool(data.get("pair_sides")))
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             log.info("reward_model: scoring with %s (%s)", self.run_dir, choice)
             self._loaded = (module, encoder, pad)
@@ -78,19 +79,21 @@ class RewardModelReward:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> list[float | None]:
         module, encoder, pad = self._model()
         questions = fields.get(self.prompt_field) if self.prompt_field else None
-        pairs = []
+        pairs, whole = [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             question = questions[i] if questions is not None and questions[i] else prompt
             messages = _messages(question, "user")
             text, prompt_ids = encoder.prompt(messages)
             completion_ids = encoder.completion(messages, text, _messages(completion, "assistant"))
+            whole.append((prompt_ids, completion_ids))  # pair_sides: each text alone, untruncated
             prompt_ids, (completion_ids,), _ = encoder.fit(prompt_ids, [completion_ids])
             pairs.append((prompt_ids, completion_ids))
         out: list[float | None] = []
         device = next(module.parameters()).device
         with torch.no_grad():
             for start in range(0, len(pairs), self.batch_size):
-                batch = batch_of(encoder, pairs[start:start + self.batch_size], pad, "right")
+                batch = batch_of(encoder, pairs[start:start + self.batch_size], pad, "right",
+                                 sides=whole[start:start + self.batch_size])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 out += [float(r) for r in module.rewards(batch).tolist()]
         return out
