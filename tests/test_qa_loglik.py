@@ -12,7 +12,7 @@ from helpers import TOKENIZER_DIR, tiny_llama, write_jsonl
 
 import medlab
 from medlab.config import ConfigError
-from medlab.evaluation.loglik import OptionScore, encode_pair, option_logliks
+from medlab.evaluation.loglik import OptionScore, encode_pair, option_logliks, plan_batches
 from medlab.evaluation.mcq import CMMLU_SUBJECTS, FewShot, build_items, doc_text, prompt_style
 from medlab.evaluation.qa_loglik import evaluate_loglik, score_items
 from medlab.rl.data import PromptData
@@ -66,6 +66,20 @@ def test_option_logliks_equal_a_hand_computation_at_every_batch_size(model, tok)
                 assert score.greedy == greedy
     assert [s.tokens for s in got[1]] == [len(encode_pair(tok, requests[1][0], k)[1]) for k in requests[1][1]]
     assert got[1][1].tokens > 1  # multi-token continuations really took the second pass
+
+
+def test_plan_batches_groups_shared_prefixes_and_sorts_the_rest_by_length():
+    desc_a, desc_b = list(range(100, 120)), list(range(200, 220))   # two 20-token "subject descriptions"
+    prompts = [desc_a + [1, 2], list(range(50)), desc_b + [5] * 9, desc_a + [3] * 6, [7] * 30, desc_b + [6, 6],
+               [9] * 10, desc_a + [4]]
+    batches = plan_batches(prompts, batch_size=2)
+    assert sorted(i for b in batches for i in b) == list(range(len(prompts))) and all(len(b) <= 2 for b in batches)
+    # same description -> same batch, longest first; the singletons of no group by length
+    assert [3, 0] in batches and [2, 5] in batches and [1, 4] in batches and [6] in batches and [7] in batches
+    # a shared prefix that saves less than the padding it costs is not worth a group: plain length order
+    costly = [[1, 2, 3, 4, 5, 6, 7, 8, 9] + [0] * 200, [1, 2, 3, 4, 5, 6, 7, 8, 9], [5] * 190, [6] * 8]
+    assert plan_batches(costly, batch_size=2) == [[0, 2], [1, 3]]
+    assert plan_batches([], 4) == []
 
 
 def test_encode_pair_moves_trailing_spaces_like_the_harness(tok):

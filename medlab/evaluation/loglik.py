@@ -9,9 +9,10 @@ continuation; ``context ids = tok(context)``, ``continuation ids = tok(context +
 log-probabilities (``greedy``: every token is the argmax), exactly what the harness computes per request; only
 the work differs:
 
-1. a batch of prompts (sorted by length) is run **once**: the tokens all prompts of the batch share (a few-shot
-   block, a description) are encoded once and their KV cache expanded to the batch, then the rest of each prompt
-   (right-padded) on top of it;
+1. a batch of prompts is run **once**: the tokens all prompts of the batch share (a few-shot block, a subject's
+   description) are encoded once and their KV cache expanded to the batch, then the rest of each prompt
+   (right-padded) on top of it; batches (:func:`plan_batches`) gather the prompts that share such a prefix and
+   otherwise sort by length, so little padding is computed;
 2. only the hidden state of each prompt's last token goes through the LM head (no ``[B, T, V]`` logits), which
    scores every continuation's first token -- a single-token answer (``" A"``, ``" yes"``) needs nothing more;
 3. continuations of more tokens are run together on the prompts' cache (selected per continuation), with explicit
@@ -104,15 +105,13 @@ def option_logliks(model: Any, tokenizer: Any, requests: Sequence[tuple[str, Seq
     for context, conts in requests:
         pairs = [encode_pair(tokenizer, context, c) for c in conts]
         encoded.append((pairs[0][0], [p[1] for p in pairs]))
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     out: list[list[OptionScore] | None] = [None] * len(encoded)
     scorer = _Scorer(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        for idx in plan_batches([p for p, _ in encoded], batch_size):
             scores = _score_batch(scorer, [encoded[i] for i in idx], device, tokenizer)
             for i, sc in zip(idx, scores):
                 out[i] = sc
@@ -121,6 +120,35 @@ def option_logliks(model: Any, tokenizer: Any, requests: Sequence[tuple[str, Seq
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _chunks(order: list[int], size: int) -> list[list[int]]:
+    return [order[s:s + size] for s in range(0, len(order), size)]
+
+
+def plan_batches(prompts: Sequence[Sequence[int]], batch_size: int, min_shared: int = 8) -> list[list[int]]:
+    """Batches of prompt indices: prompts sharing a prefix of ``min_shared``+ tokens (a subject's description,
+    a few-shot block) are batched together, longest first, when the tokens their batches share save more than
+    the padding they add; every other prompt is batched by length (longest first: the least padding)."""
+    lex = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+    groups, loose = [], []
+    start = 0
+    for j in range(1, len(lex) + 1):
+        if j == len(lex) or _common_prefix([prompts[lex[j - 1]], prompts[lex[j]]]) < min_shared:
+            group = lex[start:j]
+            start = j
+            if len(group) < 2:
+                loose += group
+                continue
+            chunks = _chunks(sorted(group, key=lambda i: -len(prompts[i])), batch_size)
+            saved = sum((len(c) - 1) * min(_common_prefix([prompts[i] for i in c]),
+                                           min(len(prompts[i]) for i in c) - 1) for c in chunks)
+            padding = sum(len(c) * len(prompts[c[0]]) - sum(len(prompts[i]) for i in c) for c in chunks)
+            if saved > padding:
+                groups += chunks
+            else:
+                loose += group
+    return groups + _chunks(sorted(loose, key=lambda i: -len(prompts[i])), batch_size)
 
 
 def _score_batch(scorer: _Scorer, batch: list[tuple[list[int], list[list[int]]]], device, tokenizer) -> list:
