@@ -37,9 +37,10 @@ def run_experiment(experiment: str | None, overrides, run_dir: str | Path, callb
 
 
 def objective_family(cfg) -> str:
-    """``causal`` (CausalLM), ``grpo`` (GRPOPolicy) or ``retrieval`` (bi-/cross-encoders) for a composed config."""
+    """``causal`` (CausalLM), ``grpo`` (GRPOPolicy, PPOPolicy: prompt data, generation) or ``retrieval``
+    (bi-/cross-encoders) for a composed config."""
     target = str(cfg.objective._target_)
-    if target.endswith("GRPOPolicy"):
+    if target.endswith(("GRPOPolicy", "PPOPolicy")):
         return "grpo"
     return "causal" if target.endswith("CausalLM") else "retrieval"
 

@@ -86,6 +86,7 @@ class GRPOPolicy(L.LightningModule):
     data_kinds = ("prompts",)
     eval_task = "qa"
     owns_backward = False
+    min_generations = 2  # a group: the advantages compare completions of one prompt (PPO's critic needs no group)
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, rewards: Mapping[str, Any],
                  num_generations: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
@@ -101,8 +102,9 @@ class GRPOPolicy(L.LightningModule):
         if tokenizer is None:
             raise ValueError("GRPOPolicy needs the tokenizer (generation and decoding)")
         problems = []
-        if not (isinstance(num_generations, int) and num_generations >= 2):
-            problems.append(f"objective.num_generations must be an integer >= 2 (a group), got {num_generations!r}")
+        if not (isinstance(num_generations, int) and num_generations >= self.min_generations):
+            problems.append(f"objective.num_generations must be an integer >= {self.min_generations}, "
+                            f"got {num_generations!r}")
         if not (isinstance(num_iterations, int) and num_iterations >= 1):
             problems.append(f"objective.num_iterations must be an integer >= 1, got {num_iterations!r}")
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
@@ -159,25 +161,13 @@ class GRPOPolicy(L.LightningModule):
     @classmethod
     def config_problems(cls, cfg) -> list[str]:
         """Rewards that load, a group of at least two completions, a strategy that keeps whole weights."""
-        from omegaconf import OmegaConf
-
-        o, out = cfg.objective, []
-        rewards = o.get("rewards")
-        if not rewards:
-            out.append("objective.rewards is empty: configure at least one reward, e.g. "
-                       "+objective.rewards.accuracy={_target_: exact_match, weight: 1.0}")
-        else:
-            try:
-                RewardSet.from_config(OmegaConf.to_container(rewards, resolve=True))
-            except Exception as e:  # unknown name, bad dotted path, not callable
-                out.append(f"objective.rewards: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        o = cfg.objective
+        out = reward_problems(o)
         out.append(int_problem("objective.num_generations", o.get("num_generations"), minimum=2))
         out.append(int_problem("objective.num_iterations", o.get("num_iterations")))
         out += _advantage_problems(o.get("advantage", "grpo"), o.get("scale_rewards"))
         out.append(int_problem("objective.micro_batch_tokens", o.get("micro_batch_tokens"), allow_none=True))
-        if str(cfg.strategy.get("name")) in ("fsdp", "deepspeed_stage_3"):
-            out.append("objective=grpo generates with the training model, whose weights FSDP / DeepSpeed ZeRO-3 "
-                       "shard: use strategy=ddp or strategy=single")
+        out.append(sharded_strategy_problem(cfg, "grpo"))
         return [p for p in out if p]
 
     def bind_data(self, data) -> None:
@@ -266,15 +256,8 @@ class GRPOPolicy(L.LightningModule):
     @torch.no_grad()
     def make_experience(self, batch: dict) -> list[list[dict]]:
         """A loader batch of prompts -> ``num_iterations`` windows over the same scored micro-batches."""
-        G = self.num_generations
-        self._step_t0 = None
-        ro, prompts, fields, agent_stats = self.rollouts(batch, G, sample=True)
+        ro, ids, total, per_fn, rstats, agent_stats, score_s = self.sample_and_score(batch)
         t0 = time.perf_counter()
-        total, per_fn, rstats = self.score(prompts, ro.texts, fields)
-        score_s = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        ids = [i for i in batch["ids"] for _ in range(G)]
         groups = self.micro_batch_rows(ro)
         micro = [_micro_batch(ro, ids, rows) for rows in groups]
         kl = None
@@ -301,6 +284,19 @@ class GRPOPolicy(L.LightningModule):
         self._exp_stats[-1].update(agent_stats)
         self._exp_stats[-1]["micro_batches"] = float(len(micro))
         return [micro for _ in range(self.num_iterations)]
+
+    def sample_and_score(self, batch: dict):
+        """The start of every experience (GRPO's and PPO's): ``num_generations`` sampled completions per prompt
+        (:meth:`rollouts`), scored (:meth:`score`) -> ``(rollout, ids, total, per_fn, reward stats, agent stats,
+        score seconds)``, ``ids`` the example id of every rollout row."""
+        G = self.num_generations
+        self._step_t0 = None
+        ro, prompts, fields, agent_stats = self.rollouts(batch, G, sample=True)
+        t0 = time.perf_counter()
+        total, per_fn, rstats = self.score(prompts, ro.texts, fields)
+        score_s = time.perf_counter() - t0
+        ids = [i for i in batch["ids"] for _ in range(G)]
+        return ro, ids, total, per_fn, rstats, agent_stats, score_s
 
     def micro_batch_rows(self, ro) -> list[list[int]]:
         """Rollout rows per micro-batch: packed by length within ``micro_batch_tokens`` padded tokens and at most
@@ -333,24 +329,14 @@ class GRPOPolicy(L.LightningModule):
                                 device=self.device, **gen)
 
     def _record_experience(self, ro, total, per_fn, rstats, adv, astats, score_s, logprob_s) -> None:
-        lengths = ro.completion_lengths.float()
-        stats = {
-            "reward": _nanmean(total), "reward_std": _nanstd(total),
-            "reward_masked": float(rstats["reward/masked"]),
+        stats = rollout_stats(ro, total, per_fn, rstats, score_s, logprob_s)
+        stats.update({
             "frac_reward_zero_std": float(astats["frac_zero_std"]),
             "adv/mean": float(adv.float().mean()), "adv/std": float(adv.float().std()) if adv.numel() > 1 else 0.0,
             "adv/abs_mean": float(astats["adv/abs_mean"]),
-            "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
-            "completions/truncated_frac": float(ro.is_truncated.float().mean()),
-            "time/generate_s": ro.seconds, "time/score_s": score_s, "time/logprob_s": logprob_s,
-            "rollout/tokens_per_s": ro.tokens_per_s,
-        }
+        })
         if "kl" in astats:  # rloo / reinforce_pp: the KL charged in the reward (k1, sampling policy vs reference)
             stats["reward_kl"] = float(astats["kl"])
-        for name, values in per_fn.items():
-            stats[f"rewards/{name}/mean"] = _nanmean(values)
-            stats[f"rewards/{name}/std"] = _nanstd(values)
-            stats[f"rewards/{name}/failures"] = float(torch.isnan(values).sum())
         self._exp_stats.append(stats)
 
     # ------------------------------------------------------------------ training
@@ -458,6 +444,48 @@ def score_answers(prompts: list, texts: list[str], fields: Mapping[str, list], r
         total, _, _ = rewards(prompts, texts, **fields)
         out["reward"] = _nanmean(total) if not torch.isnan(total).all() else 0.0
     return out
+
+
+def reward_problems(o) -> list[str]:
+    """``objective.rewards`` set and loadable (short names, dotted paths, callables)."""
+    from omegaconf import OmegaConf
+
+    rewards = o.get("rewards")
+    if not rewards:
+        return ["objective.rewards is empty: configure at least one reward, e.g. "
+                "+objective.rewards.accuracy={_target_: exact_match, weight: 1.0}"]
+    try:
+        RewardSet.from_config(OmegaConf.to_container(rewards, resolve=True))
+    except Exception as e:  # unknown name, bad dotted path, not callable
+        return [f"objective.rewards: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+    return []
+
+
+def sharded_strategy_problem(cfg, name: str) -> str | None:
+    """RL objectives generate with the training model: strategies that shard its weights are refused."""
+    if str(cfg.strategy.get("name")) in ("fsdp", "deepspeed_stage_3"):
+        return (f"objective={name} generates with the training model, whose weights FSDP / DeepSpeed ZeRO-3 "
+                "shard: use strategy=ddp or strategy=single")
+    return None
+
+
+def rollout_stats(ro, total, per_fn, rstats, score_s: float, logprob_s: float) -> dict[str, float]:
+    """What every RL experience logs about its rollouts: rewards (total and per function), completion lengths and
+    the time spent sampling, scoring and in the no-grad log-prob passes."""
+    lengths = ro.completion_lengths.float()
+    stats = {
+        "reward": _nanmean(total), "reward_std": _nanstd(total),
+        "reward_masked": float(rstats["reward/masked"]),
+        "completions/mean_length": float(lengths.mean()), "completions/max_length": float(lengths.max()),
+        "completions/truncated_frac": float(ro.is_truncated.float().mean()),
+        "time/generate_s": ro.seconds, "time/score_s": score_s, "time/logprob_s": logprob_s,
+        "rollout/tokens_per_s": ro.tokens_per_s,
+    }
+    for name, values in per_fn.items():
+        stats[f"rewards/{name}/mean"] = _nanmean(values)
+        stats[f"rewards/{name}/std"] = _nanstd(values)
+        stats[f"rewards/{name}/failures"] = float(torch.isnan(values).sum())
+    return stats
 
 
 def _micro_batch(ro, ids: list, rows: list[int]) -> dict:

@@ -83,6 +83,15 @@ BUILTIN = (
                   big_batch=("data.batch_size=2", "objective.micro_batch_tokens=null"),
                   micro_batches=("data.batch_size=2", "objective.micro_batch_size=2"),
                   fsdp=False),  # generation needs whole weights: config_problems refuses strategy=fsdp
+    # PPO: policy adapter + critic adapter and value head on one base; 1 PPO epoch x 1 mini-batch = 1 step per
+    # experience (the resume check's step-2 checkpoint is at a boundary); GAE advantages vary without a varying reward
+    ObjectiveSpec("ppo", "medlab.objectives.ppo.PPOPolicy", "ppo_lora",
+                  (*_TINY, "adapter.dropout=0.0", "objective.max_new_tokens=8", "objective.num_ppo_epochs=1",
+                   "objective.num_mini_batches=1", "data.limit=8", "data.val_limit=4", "data.val_batch_size=4"),
+                  # one experience of 4 completions: one forward/backward, or 2 micro-batches of 2
+                  big_batch=("data.batch_size=4", "objective.micro_batch_tokens=null"),
+                  micro_batches=("data.batch_size=4", "objective.micro_batch_size=2"),
+                  fsdp=False),  # generation needs whole weights: config_problems refuses strategy=fsdp
     ObjectiveSpec("reward_model", "medlab.objectives.reward_model.RewardModel", "reward_model",
                   (*_TINY, "model=tiny_llama", "data.limit=16", "data.val_limit=8", "data.max_length=96"),
                   big_batch=("data.batch_size=4",),

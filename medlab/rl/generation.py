@@ -220,23 +220,26 @@ def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
 
 
 def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                      completion_mask: Tensor, *, temperature: float = 1.0, batch_size: int | None = None) -> Tensor:
+                      completion_mask: Tensor, *, temperature: float = 1.0, batch_size: int | None = None,
+                      with_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log-probs ``[N,C]`` (fp32) of ``completion_ids`` under ``model``; 0 where ``completion_mask`` is 0.
 
     One forward over ``prompt + completion`` with the concatenated attention mask and position ids
     ``cumsum(mask) - 1`` (correct for left-padded prompts). Logits are divided by ``temperature`` (as TRL does) so
     the log-probs match the sampling distribution. ``completion_mask`` is the *attention* mask of the completion
     part (for tool rollouts: 1 on observation tokens too; apply the loss mask afterwards). Gradients flow unless
-    the caller wraps this in ``torch.no_grad()``; the model's train/eval mode is left as is.
+    the caller wraps this in ``torch.no_grad()``; the model's train/eval mode is left as is. ``with_entropy``: also
+    the per-token entropy ``[N,C]`` (no gradient) of the same (temperature-scaled) distributions: ``(logps, entropy)``.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     N, C = completion_ids.shape
     if C == 0:
-        return torch.zeros(N, 0, device=completion_ids.device)
+        empty = torch.zeros(N, 0, device=completion_ids.device)
+        return (empty, empty.clone()) if with_entropy else empty
     step = batch_size or N
     keep = {"logits_to_keep": C + 1} if _accepts_logits_to_keep(model) else {}
-    chunks = []
+    chunks, entropies = [], []
     for s in range(0, N, step):
         ids = torch.cat([prompt_ids[s:s + step], completion_ids[s:s + step]], 1)
         mask = torch.cat([prompt_mask[s:s + step], completion_mask[s:s + step]], 1)
@@ -247,7 +250,21 @@ def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
         if temperature != 1.0:
             logits = logits / temperature
         chunks.append(selective_log_softmax(logits, completion_ids[s:s + step]))
-    return torch.cat(chunks, 0) * completion_mask.to(torch.float32)
+        if with_entropy:
+            entropies.append(token_entropy(logits.detach()))
+    logps = torch.cat(chunks, 0) * completion_mask.to(torch.float32)
+    if with_entropy:
+        return logps, torch.cat(entropies, 0) * completion_mask.to(torch.float32)
+    return logps
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """``H = logsumexp(z) - sum softmax(z) z`` per position (fp32), row by row (no fp32 ``[N,T,V]`` copy)."""
+    out = []
+    for row in logits:
+        z = row.float()
+        out.append(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1))
+    return torch.stack(out)
 
 
 def _find_peft(model: Any) -> Any:
