@@ -341,7 +341,8 @@ def medlab_train_cmd(a, task: str, train: Path, run_dir: Path, extra: list[str] 
 
 # The like-for-like cross-encoder (ST's CrossEncoder: one logit from the joint encoding, BCE on labels). The reranker
 # experiment's default adds the cosine prior and ListNet lists (issue 16: experiments/rerank/); `--variant` measures it.
-PLAIN_CROSS_ENCODER = ["objective.prior=none", "data.pair_sides=false", "data.list_size=null", "objective.loss=bce"]
+PLAIN_CROSS_ENCODER = ["objective.prior=none", "data.pair_sides=false", "data.list_size=null", "objective.loss=bce",
+                       "objective.lr_multipliers=null"]  # one lr for every parameter, as ST
 
 
 def framework_keys(a) -> list[str]:
