@@ -23,5 +23,15 @@ def main(cfg: DictConfig) -> float | None:
     return result.objective
 
 
+def cli() -> None:
+    from medlab.commands.app import overrides_of
+    from medlab.commands.cli import explain_refused_overrides
+    from medlab.config.compose import compose
+
+    # Hydra refuses a typo'd key=value with its first key only: name them all, with the closest real keys
+    with explain_refused_overrides(overrides_of(sys.argv[1:]), lambda overrides: compose(overrides=overrides)):
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

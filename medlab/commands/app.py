@@ -140,6 +140,16 @@ def run_command(command: str, argv: Sequence[str] | None, task: Callable[[DictCo
     _clear_hydra()
     try:
         app()
+    except SystemExit as e:
+        if e.code != 1:
+            raise
+        from medlab.config.overrides import override_key_problems
+
+        # Hydra refused the command line: name every key the config lacks (not only Hydra's first), with hints
+        problems = override_key_problems(overrides_of(argv), lambda ovs: _compose(config_name, ovs))
+        if not problems:
+            raise
+        raise ConfigError(problems) from None
     finally:
         sys.argv = saved_argv
         _restore_logging(*saved_logging)
@@ -165,12 +175,16 @@ def _restore_logging(handlers: list[logging.Handler], level: int) -> None:
 def compose_command(command: str, argv: Sequence[str], *, with_hydra: bool = True) -> DictConfig:
     """The config ``python -m medlab.<command> *argv`` runs with (what ``--cfg all`` prints), for tests and
     notebooks; ``--flags`` in ``argv`` are ignored."""
+    config_name, _ = prepare(command, argv)
+    return _compose(config_name, overrides_of(argv), with_hydra=with_hydra, job_name=command)
+
+
+def _compose(config_name: str, overrides: list[str], *, with_hydra: bool = False,
+             job_name: str | None = None) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
-    config_name, _ = prepare(command, argv)
-    overrides = overrides_of(argv)
     _clear_hydra()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
         return compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
 
 

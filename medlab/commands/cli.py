@@ -77,6 +77,26 @@ def user_errors_exit() -> Iterator[None]:
         sys.exit(USER_ERROR_EXIT)
 
 
+@contextmanager
+def explain_refused_overrides(overrides: list[str], compose: Callable[[list[str]], object]) -> Iterator[None]:
+    """When Hydra refuses the command line (``SystemExit(1)`` after its one-line message), name every override
+    key the config lacks with the closest real key (``medlab.config.overrides``) and exit with
+    ``USER_ERROR_EXIT``; any other failure passes through unchanged."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code != 1:
+            raise
+        from medlab.config import ConfigError
+        from medlab.config.overrides import override_key_problems
+
+        problems = override_key_problems(overrides, compose)
+        if not problems:
+            raise
+        report_user_error(ConfigError(problems))
+        sys.exit(USER_ERROR_EXIT)
+
+
 def run_cli(main: Callable[[], T]) -> T:
     """Call an entry point's ``main()`` under ``user_errors_exit`` (the commands of ``medlab.commands`` re-raise
     their errors after Hydra returns, so they land here)."""
