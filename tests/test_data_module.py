@@ -4,6 +4,7 @@ reads, normalizes, tokenizes once (cached) and returns the counts; the shipped c
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 
@@ -103,6 +104,19 @@ def test_val_split_is_fixed_by_seed_and_disjoint(tokenizer):
     assert counts["val/kept"] == round(0.1 * counts["train/read"])
     assert as_key(a.val_dataset) == as_key(b.val_dataset) != as_key(c.val_dataset)
     assert not as_key(a.val_dataset) & as_key(a.train_dataset)
+
+
+def test_normalized_rows_are_the_rows_setup_splits(tokenizer):
+    data = CausalLMData(path=ALPACA, val_split=0.1, seed=3, cache_dir=None)
+    data.setup(tokenizer)
+    val, train, every = data.normalized_rows("val"), data.normalized_rows("train"), data.normalized_rows("all")
+    assert len(val) == len(data.val_dataset) and len(train) + len(val) == len(every)
+    key = lambda r: json.dumps(r, sort_keys=True, default=str)  # noqa: E731
+    assert {key(r) for r in train} | {key(r) for r in val} == {key(r) for r in every}
+    assert not {key(r) for r in train} & {key(r) for r in val}
+    assert val != CausalLMData(path=ALPACA, val_split=0.1, seed=4).normalized_rows("val")  # the seed's draw
+    with pytest.raises(ValueError, match="split must be"):
+        data.normalized_rows("test")
 
 
 def test_limit_and_mixed_format_file_list(tokenizer):

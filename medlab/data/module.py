@@ -189,13 +189,29 @@ class CausalLMData:
         log.info("data: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
         return dict(self.counts)
 
-    def _build(self, tokenizer: Any) -> tuple[datasets.Dataset, datasets.Dataset | None, dict[str, int]]:
-        counts: dict[str, int] = {}
+    def normalized_rows(self, split: str = "val") -> list[dict]:
+        """The normalized rows (before tokenization) of ``split``: ``train`` / ``val`` exactly as :meth:`setup`
+        splits them (its ``val_path``, else the same ``val_split`` draw), ``all`` = every row of the ``path``
+        files. For evaluations that answer the held-out rows themselves (tool routing)."""
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be train, val or all, got {split!r}")
+        if split == "all":
+            rows = self._rows(self.paths, "eval", {})
+        else:
+            train, val = self._split_rows({})
+            rows = train if split == "train" else val
+        return [] if rows is None else (rows.to_list() if hasattr(rows, "to_list") else list(rows))
+
+    def _split_rows(self, counts: dict[str, int]) -> tuple[datasets.Dataset, datasets.Dataset | None]:
         train_rows = self._rows(self.paths, "train", counts)
         if self.val_paths:
-            val_rows = self._rows(self.val_paths, "val", counts)
-        else:  # rows in the drawn order, as `Dataset.train_test_split` gave them (runs reproduce their split)
-            train_rows, val_rows = S.split_off(train_rows, self._val_count(len(train_rows)), self.seed, shuffled=True)
+            return train_rows, self._rows(self.val_paths, "val", counts)
+        # rows in the drawn order, as `Dataset.train_test_split` gave them (runs reproduce their split)
+        return S.split_off(train_rows, self._val_count(len(train_rows)), self.seed, shuffled=True)
+
+    def _build(self, tokenizer: Any) -> tuple[datasets.Dataset, datasets.Dataset | None, dict[str, int]]:
+        counts: dict[str, int] = {}
+        train_rows, val_rows = self._split_rows(counts)
         template = get_template(self.template, tokenizer) if self.mode == "sft" else None
         if template is not None:
             _warn_if_end_of_turn_is_split(template, tokenizer)

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from medlab.data import source as S
 from medlab.data.templates import get_template
 from medlab.data.tokenize import stop_token_ids
 from medlab.rl.tool_check import TurnResult, check_turn, summarize
@@ -129,17 +128,9 @@ def answer_and_check(model: Any, tokenizer: Any, template: str, cases: Sequence[
 
 
 def chat_rows(data: Any, split: str = "val") -> list[dict]:
-    """The normalized conversations of a `CausalLMData` (kind ``chat``): ``val`` = its held-out rows (its
-    ``val_path``, else the same ``val_split`` draw its setup makes, so exactly its validation conversations),
-    ``all`` = every row of its ``path`` files."""
-    if split == "all":
-        rows = data._rows(data.paths, "eval", {})
-    elif data.val_paths:
-        rows = data._rows(data.val_paths, "val", {})
-    else:
-        rows = data._rows(data.paths, "train", {})
-        _, rows = S.split_off(rows, data._val_count(len(rows)), data.seed, shuffled=True)
-    return [] if rows is None else (rows.to_list() if hasattr(rows, "to_list") else list(rows))
+    """The normalized conversations of a `CausalLMData` (kind ``chat``): ``val`` = its held-out rows (exactly its
+    validation conversations), ``all`` = every row of its ``path`` files (`CausalLMData.normalized_rows`)."""
+    return data.normalized_rows(split)
 
 
 class ToolRouting:
