@@ -426,3 +426,9 @@ def test_sample_qa_matches_its_generator_and_holds_out_the_val_conditions(tmp_pa
     for r in train + val:
         opts = _options(r)
         assert len(opts) == 5 and r["answer"] in opts and len(set(opts.values())) == 5
+    # gold passages for retrieval_relevance (agentic_rag): the one corpus paragraph about each training answer
+    corpus = (medlab.ASSETS_DIR / "sample" / "medical_corpus.txt").read_text(encoding="utf-8").splitlines()
+    assert corpus == make_sample_data.build_corpus(make_sample_data.rng_for("corpus"))
+    assert all(len(r["contexts"]) == 1 and r["contexts"][0] in corpus for r in train)
+    assert all(set(r["contexts"]) <= set(corpus) for r in val)
+    assert not any(r["contexts"] for r in val if r["topic"] == "condition")  # held out of the corpus too
