@@ -82,7 +82,9 @@ def test_budgeted_micro_batches_give_the_one_pass_gradients(tok, advantage, aggr
     batch = _batch(tok)
     windows = {}
     for name, budget in (("one", None), ("budget", BUDGET)):
-        module = _policy(tok, model, micro_batch_tokens=budget, advantage=advantage, loss_aggregation=aggregation)
+        # old_logprobs=recompute: the old log-probs' own pass too (the default takes them from the decode loop)
+        module = _policy(tok, model, micro_batch_tokens=budget, advantage=advantage, loss_aggregation=aggregation,
+                         old_logprobs="recompute")
         passes = []
         original = module._logps
         module._logps = lambda m, mb, _o=original: passes.append(

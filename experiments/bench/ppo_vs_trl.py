@@ -33,6 +33,12 @@ optimizer step to the next one's (generation, scoring, no-grad passes and every 
 medlab a Fabric callback at ``on_before_optimizer_step``, TRL ``on_step_end``, called once per PPO batch);
 **generate s** (medlab ``train/time/generate_s``, TRL its ``batch_generation``); **peak RSS** of the child
 (``ru_maxrss``) or the peak CUDA allocation on a GPU.
+
+``--count-passes`` (a separate, short run: the global module hooks cost a little time) also counts, per
+experience and per side, what went through every decoder: token-embedding calls split into generation (prefill +
+decode steps), no-grad full-sequence passes (old / reference log-probs, values, reward model) and passes with
+gradients (the update), with their token counts, and the positions the LM head computed -- the pass accounting
+of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -53,6 +59,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## PPO vs TRL PPOTrainer (TRL 1.12 experimental)"
+
+
+class PassCounter:
+    """Global forward hooks: per decoder call (one token-embedding call) its rows x length, grouped into
+    ``generate`` (inside the engine's generate), ``no_grad`` and ``grad`` passes, with the LM-head positions
+    (``nn.Linear`` with ``vocab`` outputs). ``summary(n)`` divides by ``n`` experiences."""
+
+    def __init__(self, vocab: int):
+        import torch
+
+        self.vocab, self.in_generate, self.paused = vocab, False, False  # paused: medlab's validation
+        self.counts: dict[str, dict[str, float]] = {}
+
+        def hook(module, inputs, output):
+            if self.paused or not inputs or not isinstance(inputs[0], torch.Tensor):
+                return
+            kind = "generate" if self.in_generate else ("grad" if torch.is_grad_enabled() else "no_grad")
+            c = self.counts.setdefault(kind, {"passes": 0, "tokens": 0, "lm_head_positions": 0})
+            if isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab:
+                c["passes"] += 1
+                c["tokens"] += inputs[0].numel()
+            elif isinstance(module, torch.nn.Linear) and module.out_features == vocab:
+                c["lm_head_positions"] += inputs[0].numel() // inputs[0].shape[-1]
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+
+    def wrap_generate(self, fn):
+        def wrapped(*args, **kwargs):
+            self.in_generate = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.in_generate = False
+        return wrapped
+
+    def summary(self, experiences: int) -> dict:
+        return {k: {m: v / experiences for m, v in c.items()} for k, c in self.counts.items()}
 
 
 def _peak_cuda() -> float | None:
@@ -77,6 +120,20 @@ def medlab_child(spec_path: str, result_path: str) -> None:
         def on_before_optimizer_step(self, optimizer):
             marks.append(time.perf_counter())
 
+        def on_validation_start(self):  # the pass counts are the experiences' (TRL runs no validation here)
+            if counter is not None:
+                counter.paused = True
+
+        def on_validation_end(self):
+            if counter is not None:
+                counter.paused = False
+
+    counter = None
+    if spec.get("count_passes"):
+        from medlab.rl.decode import KVCacheEngine
+
+        counter = PassCounter(spec["vocab"])
+        KVCacheEngine.generate = counter.wrap_generate(KVCacheEngine.generate)
     cfg = medlab.compose("ppo_lora", spec["medlab_overrides"], run_dir=spec["out_dir"])
     result = medlab.run(cfg, callbacks=[Timer()])
     per = spec["ppo_epochs"] * spec["mini_batches"]
@@ -87,6 +144,7 @@ def medlab_child(spec_path: str, result_path: str) -> None:
         "generate_s": [h["train/time/generate_s"] for h in rows][1:],
         "score": [h["train/score"] for h in rows], "mean_length": [h["train/completions/mean_length"] for h in rows],
         "cuda_peak_mib": _peak_cuda(),
+        "passes": counter.summary(spec["experiences"]) if counter else None,
     }))
 
 
@@ -115,7 +173,8 @@ def trl_child(spec_path: str, result_path: str) -> None:
         gen_times.append(time.perf_counter() - t)
         return out
 
-    ppo_mod.batch_generation = timed_generation
+    counter = PassCounter(spec["vocab"]) if spec.get("count_passes") else None
+    ppo_mod.batch_generation = counter.wrap_generate(timed_generation) if counter else timed_generation
     tok = AutoTokenizer.from_pretrained(spec["model_dir"], padding_side="left")
     policy = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
     value = AutoModelForSequenceClassification.from_pretrained(spec["model_dir"], num_labels=1, dtype=torch.float32)
@@ -159,6 +218,7 @@ def trl_child(spec_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps({
         "experience_s": [b - a for a, b in zip(marks, marks[1:])], "generate_s": gen_times[1:],
         "score": [entry.get("objective/scores") for entry in logs], "cuda_peak_mib": _peak_cuda(),
+        "passes": counter.summary(spec["experiences"]) if counter else None,
     }))
 
 
@@ -214,6 +274,8 @@ def main() -> None:
     p.add_argument("--work-dir", default=None)
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--no-append", action="store_true")
+    p.add_argument("--count-passes", action="store_true",
+                   help="count decoder passes / tokens / LM-head positions per experience (hooks: not for timing)")
     a = p.parse_args()
     command = " ".join(shlex.quote(x) for x in ["python", os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
@@ -255,7 +317,8 @@ def main() -> None:
     spec = dict(common, model_dir=str(model_dir), rm_dir=str(rm_export), trl_path=a.trl_path,
                 lora={k: ad[k] for k in ("r", "alpha", "dropout", "target_modules", "bias")} | {"dropout": 0.0},
                 prompt_ids=[list(e["prompt_ids"]) for e in data.train_dataset], stop_token_id=int(stop[0]),
-                medlab_overrides=medlab_overrides)
+                medlab_overrides=medlab_overrides, count_passes=a.count_passes,
+                vocab=int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]))
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
                TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -301,6 +364,15 @@ def main() -> None:
                      f"{med(fw, 'exp') - med(fw, 'gen'):.3f} | {max(r[memkey] or 0 for r in runs[fw]):.0f} |")
     speed = med("trl", "exp") / med("medlab", "exp")
     mem_ratio = max(r[memkey] or 0 for r in runs["medlab"]) / max(r[memkey] or 1 for r in runs["trl"])
+    passes = []
+    if a.count_passes:
+        passes = ["", "Decoder passes per experience (first repeat; `--count-passes`): generation = prefill + decode "
+                  "steps; no-grad = full-sequence passes without gradients; grad = the update's passes",
+                  "", "| framework | kind | passes | tokens | LM-head positions |", "|---|---|---|---|---|"]
+        for fw in ("medlab", "trl"):
+            for kind, c in sorted((runs[fw][0].get("passes") or {}).items()):
+                passes.append(f"| {fw} | {kind} | {c['passes']:.1f} | {c['tokens']:.0f} | "
+                              f"{c['lm_head_positions']:.0f} |")
     import peft
     import torch
     import transformers
@@ -316,7 +388,7 @@ def main() -> None:
         f"{a.max_new_tokens} new tokens per experience, {a.ppo_epochs} PPO epochs x {a.mini_batches} mini-batches, "
         f"{a.experiences} experiences ({a.warmup} warm-up excluded), OMP_NUM_THREADS={a.threads}, "
         f"{a.repeats} repeat(s)",
-        "", *lines, "",
+        "", *lines, *passes, "",
         f"- step rate medlab/TRL = **{speed:.2f}x** (goal >= 2x: {'MET' if speed >= 2 else 'MISSED'}); peak memory "
         f"medlab/TRL = {mem_ratio:.2f} (goal <= 1: {'MET' if mem_ratio <= 1 else 'MISSED'})",
         f"- mean score per experience: medlab {' '.join(f'{v:.2f}' for v in runs['medlab'][0]['score'])}; TRL "

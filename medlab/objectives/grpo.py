@@ -9,7 +9,12 @@ Per loader batch of prompts the loop calls :meth:`GRPOPolicy.make_experience`, w
 3. packs the rows into micro-batches by length, each within ``micro_batch_tokens`` padded tokens (default
    2048) and ``micro_batch_size`` completions (``medlab.rl.microbatch``), and, per micro-batch, stores the
    old log-probs (when ``num_iterations`` > 1, or for the KL in the reward) and the reference log-probs (when
-   ``beta`` > 0); every forward, with or without gradients, is one micro-batch;
+   ``beta`` > 0); every forward, with or without gradients, is one micro-batch. The old (behaviour) log-probs
+   come from the decode loop (``objective.old_logprobs: decode``, the default: ``Rollout.logprobs``, the sampled
+   tokens' ``log_softmax(logits / temperature)`` -- the quantity the loss recomputes, fp32, 0 after EOS; for tool
+   rollouts per generated turn, observations masked), so no no-grad policy forward is spent on them;
+   ``recompute`` (or an engine that gives none) runs that forward. With mu = 1 the loss needs no old
+   log-probs at all (the ratio is taken against the detached current ones);
 4. turns rewards into advantages (``objective.advantage``, ``medlab.rl.advantages``): ``grpo`` group-relative
    (the KL is a k3 loss term, ``beta``), ``rloo`` leave-one-out baseline and ``reinforce_pp`` per-token
    whitened returns (both charge ``beta`` x the k1 KL to the reference in the reward, as TRL's RLOO and
@@ -58,7 +63,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from medlab.objectives.common import OptimSettings, int_problem
+from medlab.objectives.common import OptimSettings, choice_problem, int_problem
 from medlab.rl.advantages import (
     ESTIMATOR_SCALES,
     ESTIMATORS,
@@ -76,6 +81,7 @@ from medlab.rl.rewards import RewardSet, exact_match, format_reward
 log = logging.getLogger(__name__)
 
 ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+OLD_LOGPROBS = ("decode", "recompute")  # objective.old_logprobs: from the decode loop | a no-grad policy forward
 
 
 class GRPOPolicy(L.LightningModule):
@@ -97,7 +103,7 @@ class GRPOPolicy(L.LightningModule):
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
                  tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
                  engine: str = "medlab", engine_check_every: int = 16,
-                 reward_timeout_s: float | None = 300.0, **optim):
+                 reward_timeout_s: float | None = 300.0, old_logprobs: str = "decode", **optim):
         super().__init__()
         if tokenizer is None:
             raise ValueError("GRPOPolicy needs the tokenizer (generation and decoding)")
@@ -122,9 +128,12 @@ class GRPOPolicy(L.LightningModule):
             problems.append(f"objective.micro_batch_size must be null or an integer >= 1, got {micro_batch_size!r}")
         if micro_batch_tokens is not None and not (isinstance(micro_batch_tokens, int) and micro_batch_tokens >= 1):
             problems.append(f"objective.micro_batch_tokens must be null or an integer >= 1, got {micro_batch_tokens!r}")
+        problems.append(choice_problem("objective.old_logprobs", old_logprobs, OLD_LOGPROBS))
+        problems = [p for p in problems if p]
         if problems:
             raise ValueError("; ".join(problems))
         self.model, self.tokenizer = model, tokenizer
+        self.old_logprobs = old_logprobs
         self.rewards = RewardSet.from_config(_plain(rewards), timeout_s=reward_timeout_s)
         self.num_generations, self.max_new_tokens = num_generations, max_new_tokens
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k or 0)
@@ -167,6 +176,7 @@ class GRPOPolicy(L.LightningModule):
         out.append(int_problem("objective.num_iterations", o.get("num_iterations")))
         out += _advantage_problems(o.get("advantage", "grpo"), o.get("scale_rewards"))
         out.append(int_problem("objective.micro_batch_tokens", o.get("micro_batch_tokens"), allow_none=True))
+        out.append(choice_problem("objective.old_logprobs", o.get("old_logprobs", "decode"), OLD_LOGPROBS))
         out.append(sharded_strategy_problem(cfg, "grpo"))
         return [p for p in out if p]
 
@@ -214,6 +224,15 @@ class GRPOPolicy(L.LightningModule):
     def _logps(self, model, mb: dict) -> torch.Tensor:
         return sequence_logprobs(model, *(mb[k] for k in ROLLOUT_KEYS), temperature=self.temperature,
                                  batch_size=self.logprob_batch_size)
+
+    @torch.no_grad()
+    def old_logps(self, ro, mb: dict) -> torch.Tensor:
+        """The sampling policy's log-probs ``[n, c]`` for micro-batch ``mb`` of rollout ``ro``: the engine's own
+        (``ro.logprobs``, no forward) under ``old_logprobs: decode``, else one no-grad forward of the policy."""
+        if self.old_logprobs == "decode" and getattr(ro, "logprobs", None) is not None:
+            return ro.logprobs[mb["rows"], : mb["completion_ids"].shape[1]]
+        with self._autocast():
+            return self._logps(self.model, mb)
 
     @torch.no_grad()
     def reference_logps(self, mb: dict) -> torch.Tensor:
@@ -266,8 +285,7 @@ class GRPOPolicy(L.LightningModule):
         for mb in micro:
             old = None
             if self.num_iterations > 1 or kl is not None:  # the ratio's denominator / the sampling policy
-                with self._autocast():
-                    old = self._logps(self.model, mb)
+                old = self.old_logps(ro, mb)
                 if self.num_iterations > 1:
                     mb["old_logps"] = old
             if self.beta > 0:

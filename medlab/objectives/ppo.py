@@ -9,7 +9,8 @@ what PPO adds is the critic, the per-token rewards and the update. Per loader ba
    the configured rewards (``rewards: {rm: {_target_: reward_model, run_dir: RUN}}`` for a trained reward model,
    and/or any reward function); an unscorable completion scores 0 (counted in ``reward_masked``), a completion
    without EOS loses ``missing_eos_penalty``;
-2. per micro-batch (``micro_batch_tokens``), without gradients: the sampling policy's log-probs, the reference's
+2. per micro-batch (``micro_batch_tokens``), without gradients: the sampling policy's log-probs (by default the
+   decode loop's own, ``objective.old_logprobs: decode`` -- no forward, see GRPO's docstring), the reference's
    (``kl_coef`` > 0; adapters disabled under LoRA/QLoRA, a frozen initial copy for full fine-tunes) and the
    critic's values (``medlab.rl.critic``: a second adapter ``critic`` + value head on the same frozen base under
    LoRA/QLoRA, a separate value model for full fine-tunes);
@@ -51,6 +52,7 @@ import torch
 
 from medlab.objectives.common import choice_problem, int_problem
 from medlab.objectives.grpo import (
+    OLD_LOGPROBS,
     ROLLOUT_KEYS,
     GRPOPolicy,
     _micro_batch,
@@ -103,7 +105,7 @@ class PPOPolicy(GRPOPolicy):
                  logprob_batch_size: int | None = None, val_max_new_tokens: int | None = None,
                  tools: Mapping[str, Any] | None = None, max_turns: int = 3, max_total_tokens: int | None = None,
                  engine: str = "medlab", engine_check_every: int = 16, reward_timeout_s: float | None = 300.0,
-                 **optim):
+                 old_logprobs: str = "decode", **optim):
         settings = dict(num_generations=num_generations, num_ppo_epochs=num_ppo_epochs,
                         num_mini_batches=num_mini_batches, kl_estimator=kl_estimator, gamma=gamma, lam=lam,
                         kl_coef=kl_coef, cliprange=cliprange, cliprange_value=cliprange_value, vf_coef=vf_coef,
@@ -117,7 +119,8 @@ class PPOPolicy(GRPOPolicy):
                          micro_batch_size=micro_batch_size, micro_batch_tokens=micro_batch_tokens,
                          logprob_batch_size=logprob_batch_size, val_max_new_tokens=val_max_new_tokens, tools=tools,
                          max_turns=max_turns, max_total_tokens=max_total_tokens, engine=engine,
-                         engine_check_every=engine_check_every, reward_timeout_s=reward_timeout_s, **optim)
+                         engine_check_every=engine_check_every, reward_timeout_s=reward_timeout_s,
+                         old_logprobs=old_logprobs, **optim)
         self.kl_coef, self.kl_estimator = float(kl_coef), kl_estimator
         self.missing_eos_penalty = None if missing_eos_penalty is None else float(missing_eos_penalty)
         self.gamma, self.lam, self.whiten_rewards = float(gamma), float(lam), bool(whiten_rewards)
@@ -132,6 +135,7 @@ class PPOPolicy(GRPOPolicy):
         o = cfg.objective
         out = reward_problems(o) + ppo_problems(o)
         out.append(int_problem("objective.micro_batch_tokens", o.get("micro_batch_tokens"), allow_none=True))
+        out.append(choice_problem("objective.old_logprobs", o.get("old_logprobs", "decode"), OLD_LOGPROBS))
         k, n, g = o.get("num_mini_batches", 1), cfg.data.get("batch_size"), o.get("num_generations", 1)
         if all(isinstance(v, int) for v in (k, n, g)) and k > n * g:
             out.append(f"objective.num_mini_batches={k} is more than the {n * g} completions of an experience "
@@ -161,8 +165,8 @@ class PPOPolicy(GRPOPolicy):
         for rows in self.micro_batch_rows(ro):
             mb = _micro_batch(ro, ids, rows)
             r, c = mb["rows"], mb["completion_ids"].shape[1]
+            old[r, :c] = self.old_logps(ro, mb)
             with self._autocast():
-                old[r, :c] = self._logps(self.model, mb)
                 values[r, :c] = self.critic(*(mb[k] for k in ROLLOUT_KEYS))
             if ref is not None:
                 ref[r, :c] = self.reference_logps(mb)

@@ -76,6 +76,7 @@ class AgentRollout:
     texts: list[str]
     seconds: float
     tokens_per_s: float
+    logprobs: torch.Tensor | None = None  # [N,C] behaviour log-probs of the policy tokens, 0 on observations
 
     @property
     def num_rows(self) -> int:
@@ -96,7 +97,8 @@ def agentic_rollouts(engine, tokenizer, messages: Sequence[list[dict]], tools: M
     generated = int(t["loss_mask"].sum())
     ro = AgentRollout(t["prompt_ids"], t["prompt_mask"], t["completion_ids"], t["completion_mask"], t["loss_mask"],
                       lengths, torch.tensor([r.is_truncated or r.hit_turn_limit for r in rollouts]),
-                      [_final_answer(r) for r in rollouts], seconds, generated / max(seconds, 1e-9))
+                      [_final_answer(r) for r in rollouts], seconds, generated / max(seconds, 1e-9),
+                      t.get("logprobs"))
     seen = [observed_ids(r.tool_calls) for r in rollouts]
     fields = {"retrieved": [[passages[i].text for i in ids if i in passages] for ids in seen],
               "retrieved_ids": seen, "num_tool_calls": [len(r.tool_calls) for r in rollouts],

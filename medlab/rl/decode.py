@@ -11,6 +11,10 @@ Same model calls and same sampling maths as ``generate`` (prefill with the left-
 per step through a ``DynamicCache``; position ids ``cumsum(mask) - 1``; fp32 scores; temperature -> top-k ->
 top-p -> softmax -> ``torch.multinomial`` on the global RNG; rows that hit EOS emit ``pad``), so greedy decoding
 gives exactly ``generate``'s tokens and sampled decoding draws the same tokens from the same RNG state (tested).
+
+Every step also keeps the sampled token's log-prob under ``log_softmax(logits / temperature)`` (unfiltered, fp32:
+:func:`medlab.rl.generation.sampled_logprobs`), returned as ``Rollout.logprobs`` -- PPO's / GRPO's old log-probs
+without a second forward over the experience (equal to a recomputed forward within float tolerance: tested).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from medlab.rl.generation import (
     _seeded,
     completion_mask_from_ids,
     eval_mode,
+    sampled_logprobs,
 )
 
 
@@ -66,28 +71,31 @@ class KVCacheEngine(HFGenerateEngine):
         prompt_ids, prompt_mask = self.prompt_batch(prompts, num_generations)
         start = time.perf_counter()
         with eval_mode(self.model), torch.no_grad(), _seeded(seed, device):
-            completion_ids = self._decode(prompt_ids, prompt_mask, max_new_tokens, do_sample,
-                                          temperature, top_k, top_p)
+            completion_ids, logprobs = self._decode(prompt_ids, prompt_mask, max_new_tokens, do_sample,
+                                                    temperature, top_k, top_p)
         mask, truncated = completion_mask_from_ids(completion_ids, self.eos_token_id)
         lengths = mask.sum(1)
         ids, length_list = completion_ids.tolist(), lengths.tolist()  # the only host transfer
         width = max(length_list, default=0)
         completion_ids, mask = completion_ids[:, :width], mask[:, :width]  # drop columns decoded after every EOS
+        logprobs = logprobs[:, :width] * mask
         rows = [row[:n] for row, n in zip(ids, length_list)]
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=self.skip_special_tokens)
         total = sum(length_list)
         return Rollout(prompt_ids, prompt_mask, completion_ids, mask, lengths, texts, truncated, seconds,
-                       total / seconds if seconds > 0 else 0.0)
+                       total / seconds if seconds > 0 else 0.0, logprobs)
 
     def _decode(self, ids: Tensor, mask: Tensor, max_new_tokens: int, do_sample: bool, temperature: float,
-                top_k: int, top_p: float) -> Tensor:
+                top_k: int, top_p: float) -> tuple[Tensor, Tensor]:
+        """``(token ids [N,T], their log-probs [N,T] fp32)``, ``T <= max_new_tokens``; rows pad after their EOS."""
         from transformers import DynamicCache
 
         N = ids.shape[0]
         out_ids = torch.full((N, max_new_tokens), self.pad_token_id, dtype=torch.long, device=ids.device)
+        out_lp = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=ids.device)
         if max_new_tokens == 0 or N == 0:
-            return out_ids
+            return out_ids, out_lp
         eos = torch.as_tensor(self.eos_token_id, device=ids.device).reshape(-1)
         config = getattr(self.model, "config", None)
         cache = DynamicCache(config=config) if config is not None else DynamicCache()
@@ -106,11 +114,12 @@ class KVCacheEngine(HFGenerateEngine):
                 token = scores.argmax(-1)
             token = torch.where(finished, torch.full_like(token, self.pad_token_id), token)
             out_ids[:, t] = token
+            out_lp[:, t] = sampled_logprobs(scores, token, temperature)  # after EOS: masked by the caller
             finished |= torch.isin(token, eos)
             if t == max_new_tokens - 1 or ((t + 1) % self.check_every == 0 and bool(finished.all())):
-                return out_ids[:, : t + 1]
+                return out_ids[:, : t + 1], out_lp[:, : t + 1]
             mask = torch.cat([mask, ones], 1)
             logits = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
                                 past_key_values=cache, use_cache=True).logits
             next_position = next_position + 1
-        return out_ids
+        return out_ids, out_lp

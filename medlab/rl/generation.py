@@ -11,6 +11,15 @@ Position ids under left padding are ``cumsum(mask) - 1`` (clamped at 0), both in
 derives them from ``attention_mask``) and in :func:`sequence_logprobs` (computed here), so a padded row sees exactly
 the positions of its unpadded self.
 
+Behaviour log-probs: both engines also return ``Rollout.logprobs`` ``[N,C]`` (fp32), the log-probability of every
+sampled token under the distribution it was sampled from *before* top-k / top-p filtering -- ``log_softmax(logits /
+temperature)`` at that step, exactly the quantity :func:`sequence_logprobs` recomputes (and the loss uses) -- 0
+after EOS. The engines run the model in eval mode (no dropout): these are the sampling policy's own log-probs, so
+PPO / GRPO take their old (behaviour) log-probs from here instead of a second no-grad forward
+(``objective.old_logprobs``). :class:`HFGenerateEngine` gets them from ``generate``'s unprocessed logits, which
+``generate`` holds for every step (``N x max_new_tokens x vocab`` fp32): above ``record_logprobs_mib`` (and for
+greedy decoding) it leaves ``logprobs`` None and the objectives recompute them.
+
 Randomness: :class:`HFGenerateEngine` samples from torch's **global** RNG (``model.generate`` has no generator
 argument), so restoring the RNG state (``torch.set_rng_state`` / ``torch.cuda.set_rng_state``, as resume does)
 reproduces the same rollouts. ``seed=`` instead runs on a forked RNG seeded with ``seed`` and leaves the global
@@ -43,6 +52,7 @@ class Rollout:
     is_truncated: Tensor  # [N] bool, no EOS within max_new_tokens
     seconds: float = 0.0  # wall time of generation
     tokens_per_s: float = 0.0  # completion tokens (masked) per second
+    logprobs: Tensor | None = None  # [N,C] fp32 behaviour log-probs of the sampled tokens (module docstring)
 
     @property
     def num_rows(self) -> int:
@@ -114,6 +124,16 @@ def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int | Sequenc
     return mask.long(), ~has_eos
 
 
+def sampled_logprobs(scores: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log_softmax(scores / temperature)[tokens]`` per row (fp32): the log-prob of the token each row sampled at
+    one decoding step, under the unfiltered (no top-k / top-p) temperature-scaled distribution, as
+    :func:`sequence_logprobs` computes it from a full forward. ``scores [N,V]``, ``tokens [N]``."""
+    z = scores.float()
+    if temperature != 1.0:
+        z = z / temperature
+    return z.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
+
+
 def _seeded(seed: int | None, device: torch.device) -> contextlib.AbstractContextManager:
     if seed is None:
         return contextlib.nullcontext()
@@ -143,8 +163,10 @@ class HFGenerateEngine:
     """Batched ``model.generate`` (KV cache on) over left-padded prompts; works with peft-wrapped models."""
 
     def __init__(self, model: Any, tokenizer: Any, *, eos_token_id: int | Sequence[int] | None = None,
-                 pad_token_id: int | None = None, skip_special_tokens: bool = True) -> None:
+                 pad_token_id: int | None = None, skip_special_tokens: bool = True,
+                 record_logprobs_mib: float = 512.0) -> None:
         self.model = model
+        self.record_logprobs_mib = record_logprobs_mib
         self.tokenizer = tokenizer
         self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         self.pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
@@ -181,34 +203,49 @@ class HFGenerateEngine:
         if do_sample:
             sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
         eos = self.eos_token_id if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        record = do_sample and bool(vocab) and (  # greedy decoding (validation) needs no behaviour log-probs
+            prompt_ids.shape[0] * max_new_tokens * vocab * 4 <= self.record_logprobs_mib * 2**20)
         start = time.perf_counter()
         with eval_mode(self.model), torch.no_grad(), _seeded(seed, device):
             out = self.model.generate(
                 input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
                 eos_token_id=eos, pad_token_id=self.pad_token_id, use_cache=True,
-                return_dict_in_generate=True, **sampling)
+                return_dict_in_generate=True, output_logits=record, **sampling)
         sequences = out.sequences if hasattr(out, "sequences") else out
         completion_ids = sequences[:, prompt_ids.shape[1]:]
         mask, truncated = completion_mask_from_ids(completion_ids, self.eos_token_id)
         lengths = mask.sum(1)
+        logprobs = None
+        if record and getattr(out, "logits", None) is not None:  # unprocessed logits, one [N,V] per step
+            logprobs = torch.stack([sampled_logprobs(step, completion_ids[:, t], temperature)
+                                    for t, step in enumerate(out.logits)], 1) * mask
         rows = [row[:n] for row, n in zip(completion_ids.tolist(), lengths.tolist())]  # the only host transfer
         seconds = time.perf_counter() - start
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=self.skip_special_tokens)
         total = sum(len(r) for r in rows)
         return Rollout(prompt_ids, prompt_mask, completion_ids, mask, lengths, texts, truncated, seconds,
-                       total / seconds if seconds > 0 else 0.0)
+                       total / seconds if seconds > 0 else 0.0, logprobs)
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    """Whether the causal LM under any Fabric/DDP/peft wrappers takes ``logits_to_keep``."""
+    """Whether the causal LM under any Fabric/DDP/peft wrappers takes ``logits_to_keep`` (the wrappers pass it on).
+
+    peft is unwrapped with ``get_base_model()`` (the causal LM itself): its ``base_model`` attribute resolves,
+    through peft's and transformers' attribute forwarding, to the *decoder* (``LlamaForCausalLM.base_model``), whose
+    forward has no ``logits_to_keep`` -- which silently ran the LM head over every prompt position."""
     inner = model
     for _ in range(6):
         if "logits_to_keep" in inspect.signature(inner.forward).parameters:
             return True
-        children = (getattr(inner, a, None) for a in ("module", "base_model", "model"))
-        inner = next((c for c in children if isinstance(c, torch.nn.Module) and c is not inner), None)
-        if inner is None:
+        if callable(getattr(inner, "get_base_model", None)):  # peft (also reached through a Fabric wrapper)
+            nxt = inner.get_base_model()
+        else:
+            children = (getattr(inner, a, None) for a in ("module", "_forward_module", "model"))
+            nxt = next((c for c in children if isinstance(c, torch.nn.Module) and c is not inner), None)
+        if nxt is None or nxt is inner:
             return False
+        inner = nxt
     return False
 
 

@@ -4,6 +4,10 @@ Token-in, token-out: a rollout's sequence is built by *appending token ids* (the
 exactly as sampled, each observation rendered with the tokenizer's chat template), never by re-tokenizing
 decoded text, so the log-probs computed for training are those of the tokens the policy produced.
 ``loss_mask`` is 1 on generated tokens (including each turn's EOS) and 0 on prompt and observation tokens.
+``logprobs`` keeps, per generated token, the engine's behaviour log-prob (``Rollout.logprobs``: conditioned on the
+prompt, the earlier turns and the observations, exactly as a forward over the whole sequence conditions it), 0 on
+prompt and observation tokens -- so tool rollouts need no old-log-prob recompute either (None when the engine
+gives none).
 
 Tool calls use the Qwen/Hermes format ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 """
@@ -108,6 +112,7 @@ class ToolRollout:
     num_tool_errors: int = 0  # unknown tools and tools that raised
     hit_turn_limit: bool = False  # the last allowed turn still called a tool
     is_truncated: bool = False  # a turn ran out of max_new_tokens, or max_total_tokens was reached
+    logprobs: list[float] | None = None  # per input_ids token: the engine's log-prob on generated ones, else 0
 
     @property
     def num_turns(self) -> int:
@@ -172,7 +177,8 @@ def run_tool_loop(policy: GenerationEngine, tokenizer: Any, messages: list[dict]
     rollouts: list[ToolRollout] = []
     for chat in chats:
         prompt = tokenizer.encode(_render(tokenizer, list(chat), schemas, True), add_special_tokens=False)
-        rollouts += [ToolRollout(list(prompt), [0] * len(prompt), len(prompt)) for _ in range(num_generations)]
+        rollouts += [ToolRollout(list(prompt), [0] * len(prompt), len(prompt), logprobs=[0.0] * len(prompt))
+                     for _ in range(num_generations)]
     active = list(range(len(rollouts)))
     for turn in range(max_turns):
         if max_total_tokens is not None:
@@ -187,10 +193,13 @@ def run_tool_loop(policy: GenerationEngine, tokenizer: Any, messages: list[dict]
         else:
             out = policy.generate([rollouts[r].input_ids for r in active], num_generations=1, **generation_kwargs)
         still_active = []
-        for r, completion in zip(active, out.completion_lists()):
+        logprobs = out.logprobs.tolist() if getattr(out, "logprobs", None) is not None else None
+        for i, (r, completion) in enumerate(zip(active, out.completion_lists())):
             ro = rollouts[r]
             ro.input_ids += completion
             ro.loss_mask += [1] * len(completion)
+            if ro.logprobs is not None:
+                ro.logprobs = None if logprobs is None else ro.logprobs + logprobs[i][:len(completion)]
             ended = bool(completion) and completion[-1] in eos_ids
             body = completion[:-1] if ended else completion
             text = tokenizer.decode(body, skip_special_tokens=False)
@@ -215,6 +224,8 @@ def run_tool_loop(policy: GenerationEngine, tokenizer: Any, messages: list[dict]
             obs = observation_ids(tokenizer, results, tokenizer.decode([completion[-1]], skip_special_tokens=False))
             ro.input_ids += obs
             ro.loss_mask += [0] * len(obs)
+            if ro.logprobs is not None:
+                ro.logprobs += [0.0] * len(obs)
             still_active.append(r)
         active = still_active
     return rollouts
@@ -226,7 +237,8 @@ def collate_tool_rollouts(rollouts: Sequence[ToolRollout], pad_token_id: int,
 
     Returns ``prompt_ids``/``prompt_mask`` ``[N,P]`` (left-padded) and ``completion_ids``/``completion_mask``
     (attention: 1 on every real token, observations included) / ``loss_mask`` (1 on generated tokens) ``[N,C]``
-    (right-padded).
+    (right-padded), and ``logprobs`` ``[N,C]`` fp32 (the generated tokens' behaviour log-probs, 0 elsewhere) when
+    every rollout has them.
     """
     prompts = [r.input_ids[:r.prompt_length] for r in rollouts]
     prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
@@ -234,10 +246,17 @@ def collate_tool_rollouts(rollouts: Sequence[ToolRollout], pad_token_id: int,
     completion_ids = torch.full((len(rollouts), C), pad_token_id, dtype=torch.long)
     completion_mask = torch.zeros((len(rollouts), C), dtype=torch.long)
     loss_mask = torch.zeros((len(rollouts), C), dtype=torch.long)
+    with_logprobs = bool(rollouts) and all(r.logprobs is not None for r in rollouts)
+    logprobs = torch.zeros((len(rollouts), C), dtype=torch.float32)
     for i, r in enumerate(rollouts):
         n = len(r.input_ids) - r.prompt_length
         completion_ids[i, :n] = torch.tensor(r.input_ids[r.prompt_length:], dtype=torch.long)
         completion_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(r.loss_mask[r.prompt_length:], dtype=torch.long)
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids.to(device),
-            "completion_mask": completion_mask.to(device), "loss_mask": loss_mask.to(device)}
+        if with_logprobs:
+            logprobs[i, :n] = torch.tensor(r.logprobs[r.prompt_length:], dtype=torch.float32)
+    out = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids.to(device),
+           "completion_mask": completion_mask.to(device), "loss_mask": loss_mask.to(device)}
+    if with_logprobs:
+        out["logprobs"] = logprobs.to(device)
+    return out
