@@ -18,6 +18,12 @@ eval.task=qa`` runs): ``accuracy`` = the rewards' ``exact_match`` (the ``<answer
 else the whole completion; yes/no/maybe gold: the first such word of an explicit span, else the last),
 ``format_failure_rate`` = completions without exactly one non-empty ``<answer>...</answer>``.
 
+Format bootstrap (``--demo fewshot3``): three short made-up solved examples (``DEMO_TURNS``: one yes, one no, one
+maybe, each a context + question and the assistant's ``<answer>X</answer>``) go into every prompt as earlier chat
+turns (``data.example_turns``), so training and both evaluations see the same prompt (``evaluate_qa`` renders the
+run's data config); the held-out split is still chosen by the prompt length *without* them (the same slice as
+``--demo none``), and ``data.max_prompt_length`` grows by the demonstration's tokens.
+
 Writes ``experiments/rl/results/grpo_smollm2_pubmedqa_<device>.{json,md,png}`` (the reward curve from the run's
 ``metrics.csv`` + before/after bars); the run itself stays under ``--out`` (outputs/, not committed).
 """
@@ -40,6 +46,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "qa" / "pubmedqa_train.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
+# Made up for the prompt (not PubMedQA rows): the chat turns of --demo fewshot3, in the data's prompt format.
+DEMO_TURNS = [
+    {"role": "user", "content": "Context:\nIn a pilot study of 24 patients, a breathing exercise programme was "
+     "followed by slightly lower anxiety scores, but the difference did not reach significance.\n\nQuestion: "
+     "Does the breathing programme reduce anxiety?"},
+    {"role": "assistant", "content": "<answer>maybe</answer>"},
+    {"role": "user", "content": "Context:\nIn a trial of 400 adults, vitamin X supplements did not change the "
+     "length of hospital stay after surgery compared with placebo.\n\nQuestion: Do vitamin X supplements shorten "
+     "hospital stay after surgery?"},
+    {"role": "assistant", "content": "<answer>no</answer>"},
+    {"role": "user", "content": "Context:\nIn a randomized trial of 300 adults, daily brisk walking lowered systolic "
+     "blood pressure by 6 mmHg compared with usual activity.\n\nQuestion: Does daily brisk walking lower blood "
+     "pressure?"},
+    {"role": "assistant", "content": "<answer>yes</answer>"},
+]
+DEMOS = {"none": None, "fewshot3": DEMO_TURNS}
 # per device: the settings a flag does not give
 PRESETS = {
     "cpu": {"steps": 12, "G": 4, "batch_size": 2, "max_new_tokens": 32, "eval_new_tokens": 32,
@@ -56,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, help="training budget: steps = minutes * 60 / --s-per-step "
                    "(measure s/step with a --steps 2 smoke run first); overrides --steps")
     p.add_argument("--s-per-step", type=float, help="seconds per step, for --minutes")
+    p.add_argument("--train-minutes", type=float, help="wall-clock cap on training: after M minutes the run is sent "
+                   "SIGUSR1 (the loop checkpoints at the step boundary and stops; --steps stays the upper bound)")
     p.add_argument("--val-n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0, help="the held-out slice's permutation")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -70,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--format-weight", type=float, default=0.5, help="weight of the format reward (accuracy: 1.0)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--demo", choices=sorted(DEMOS), default="none",
+                   help="demonstration turns in every prompt (data.example_turns): fewshot3 = DEMO_TURNS")
     p.add_argument("--skip-before", type=Path, help="reuse the before-training metrics of this result JSON "
                    "(same slice and decoding: checked)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "experiments" / "grpo_smollm2_pubmedqa")
@@ -101,12 +127,42 @@ def overrides(a, train: Path, val: Path) -> list[str]:
     return ov
 
 
-def split(cfg, tokenizer, out: Path, val_n: int, seed: int) -> tuple[Path, Path, dict]:
-    """Rows whose prompt (rendered as in training) fits ``data.max_prompt_length``, permuted with ``seed``:
-    ``val_n`` to val.jsonl, the rest to train.jsonl (the source lines unchanged)."""
+def with_demo(cfg, a, tokenizer) -> int:
+    """Put ``--demo``'s turns into ``cfg.data.example_turns``; ``data.max_prompt_length`` grows by their tokens
+    (so the same rows fit). Returns that token count (0 without a demo)."""
+    from omegaconf import OmegaConf, open_dict
+
     from medlab.evaluation import prompt_data_for
 
+    turns = DEMOS[a.demo]
+    if not turns:
+        return 0
+    with open_dict(cfg):
+        cfg.data.example_turns = OmegaConf.create(turns)
     pd = prompt_data_for(cfg, {"path": str(DATA)})
+    row = {"question": "q"}
+    n = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    extra = n(pd.render(row, tokenizer=tokenizer)) - n(without_demo(pd).render(row, tokenizer=tokenizer))
+    cfg.data.max_prompt_length = a.max_prompt_tokens + extra
+    return extra
+
+
+def without_demo(pd):
+    """A copy of a `PromptData` without its demonstration turns."""
+    import copy
+
+    out = copy.copy(pd)
+    out.example_turns = None
+    return out
+
+
+def split(cfg, tokenizer, out: Path, val_n: int, seed: int, max_prompt_tokens: int) -> tuple[Path, Path, dict]:
+    """Rows whose prompt (rendered as in training, without demonstration turns) fits ``max_prompt_tokens``,
+    permuted with ``seed``: ``val_n`` to val.jsonl, the rest to train.jsonl (the source lines unchanged)."""
+    from medlab.evaluation import prompt_data_for
+
+    pd = without_demo(prompt_data_for(cfg, {"path": str(DATA)}))
+    pd.max_prompt_length = max_prompt_tokens
     pd.setup(tokenizer)
     fits = {str(e["fields"].get("id")) for e in pd.train_dataset}
     lines = [line for line in DATA.read_text(encoding="utf-8").split("\n") if line.strip()]
@@ -178,19 +234,35 @@ def main(argv=None) -> None:
     cfg = medlab.compose("grpo_lora", overrides(a, train, val), run_dir=str(out / "run"))
     t_load = time.perf_counter()
     base = load_module(cfg, None, checkpoint=None, device=a.device)
-    train, val, counts = split(cfg, base.module.tokenizer, out, a.val_n, a.seed)
+    demo_tokens = with_demo(cfg, a, base.module.tokenizer)
+    print(f"demo: {a.demo} (+{demo_tokens} prompt tokens; data.max_prompt_length {cfg.data.max_prompt_length})",
+          flush=True)
+    train, val, counts = split(cfg, base.module.tokenizer, out, a.val_n, a.seed, a.max_prompt_tokens)
+    counts["demo_tokens"] = demo_tokens
     print(f"split: {json.dumps({k: v for k, v in counts.items() if k != 'val_ids'})}", flush=True)
     if a.skip_before:
         prev = json.loads(a.skip_before.read_text())
-        assert prev["split"]["val_ids"] == counts["val_ids"] and prev["before"]["max_new_tokens"] == a.eval_new_tokens, \
-            f"{a.skip_before}: another held-out slice or decoding"
+        assert prev["split"]["val_ids"] == counts["val_ids"] and prev["before"]["max_new_tokens"] == a.eval_new_tokens \
+            and prev["settings"].get("demo", "none") == a.demo, f"{a.skip_before}: another held-out slice, decoding or demo"
         before = prev["before"]
     else:
         before = evaluate(base.module, cfg, val, a, out / "before_samples.jsonl")
     print(f"before: {json.dumps(before)}", flush=True)
     del base
     t0 = time.perf_counter()
+    timer = None
+    if a.train_minutes:  # the loop's own signal handling: checkpoint at the next step boundary, then stop
+        import os
+        import signal
+        import threading
+
+        signal.signal(signal.SIGUSR1, lambda *_: None)  # outside the loop (which installs its own): ignored
+        timer = threading.Timer(a.train_minutes * 60, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.daemon = True
+        timer.start()
     result = medlab.run(cfg)
+    if timer is not None:
+        timer.cancel()
     train_s = time.perf_counter() - t0
     run_dir = Path(result.run_dir)
     loaded = load_run(str(run_dir), checkpoint="latest", device=a.device)
@@ -230,7 +302,9 @@ def table(r: dict) -> str:
     s, b, f = r["settings"], r["before"], r["after"]
     rows = [f"| held-out slice ({b['num_questions']} PubMedQA questions) | accuracy (exact match) | format-failure rate "
             "| commonest answer | mean completion tokens | eval seconds |", "|---|---|---|---|---|---|"]
-    for name, m in (("before (zero-shot, greedy)", b), (f"after {r['steps']} GRPO steps (greedy)", f)):
+    demo = s.get("demo", "none")
+    shot = "zero-shot" if demo == "none" else f"untrained, {demo} prompt"
+    for name, m in ((f"before ({shot}, greedy)", b), (f"after {r['steps']} GRPO steps (greedy)", f)):
         rows.append(f"| {name} | {m['accuracy']:.3f} | {m['format_failure_rate']:.3f} | "
                     f"{m['commonest_prediction'][0]!r} ({m['commonest_prediction'][1]:.2f}) | "
                     f"{m['mean_completion_tokens']:.1f} | {m['seconds']:.0f} |")
@@ -240,7 +314,9 @@ def table(r: dict) -> str:
     rows += ["", f"Settings: {r['steps']} steps x {s['batch_size']} prompts x G {s['G']}, lr {s['lr']}, KL beta "
              f"{s['kl']}, LoRA r {s['lora_r']}, rewards exact_match 1.0 + format {s['format_weight']}, temperature "
              f"{s['temperature']}, {s['max_new_tokens']} new tokens (train) / {s['eval_new_tokens']} (eval), prompts "
-             f"<= {s['max_prompt_tokens']} tokens, micro_batch_tokens {s['micro_batch_tokens']}; "
+             f"<= {s['max_prompt_tokens']} tokens"
+             + (f" + {r['split'].get('demo_tokens')} of demonstration turns ({demo})" if demo != "none" else "")
+             + f", micro_batch_tokens {s['micro_batch_tokens']}; "
              f"{r['split']['train']} training questions; gold shares on the slice: {shares}.",
              f"Training {r['train_seconds']:.0f} s = **{r['seconds_per_step']:.0f} s/step** on {r['machine']} "
              f"({s['device']}); {r['date']}. Goal (accuracy >= zero-shot + 0.10, format failures not higher): "
@@ -271,7 +347,8 @@ def plot(r: dict, path: Path) -> None:
     b = [r["before"]["accuracy"], r["before"]["format_failure_rate"]]
     f = [r["after"]["accuracy"], r["after"]["format_failure_rate"]]
     x = range(len(names))
-    ax2.bar([i - 0.2 for i in x], b, 0.4, label="before (zero-shot)")
+    demo = r["settings"].get("demo", "none")
+    ax2.bar([i - 0.2 for i in x], b, 0.4, label="before (zero-shot)" if demo == "none" else f"before ({demo})")
     ax2.bar([i + 0.2 for i in x], f, 0.4, label=f"after {r['steps']} steps")
     ax2.set_xticks(list(x), names)
     major, share = max(r["split"]["val_gold_shares"].items(), key=lambda kv: kv[1])

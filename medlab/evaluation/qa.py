@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PROMPT_DATA = "medlab.rl.data.PromptData"
 # Options of PromptData that an eval dict (``eval.*``) may set; everything else in it is ignored here.
 DATA_OPTIONS = ("fields", "template", "system_prompt", "question_template", "contexts_in_prompt", "max_contexts",
-                "max_prompt_length", "on_bad_row")
+                "max_prompt_length", "on_bad_row", "example_turns")
 DEFAULT_MAX_NEW_TOKENS = 64
 MODES = ("generate", "loglik")
 

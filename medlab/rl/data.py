@@ -16,6 +16,12 @@ Canonical fields (``data.fields`` maps them onto your columns; the defaults also
 - ``contexts`` (optional): a passage or list of passages, written before the question when
   ``contexts_in_prompt`` is on, and passed to rewards either way (``retrieval_relevance``).
 
+Demonstration turns (``example_turns``): a fixed list of chat turns ``{role: user|assistant, content}``,
+alternating user / assistant and ending with an assistant turn, placed after the system prompt and before the
+question in every prompt (training, validation and `medlab.evaluation.evaluate_qa`, which renders through
+`PromptData`), e.g. a one-shot example whose answer shows the format (``<answer>yes</answer>``): a format the
+model can sample from the start, so a format reward has variance to learn from.
+
 Every other column is kept too and reaches the reward functions as a keyword argument (a list with one value
 per completion), e.g. ``long_answer`` or ``subject``. A row without a question, with an answer that is not
 among its options, or with malformed options, and a line that does not parse at all, raises a `DataError`
@@ -95,6 +101,7 @@ class PromptData:
         max_prompt_length: longer prompts are dropped (counted).
         on_bad_row: ``error`` (raise, listing the bad rows by file/row/field) or ``skip`` (drop, counted).
         limit / val_limit: first N rows only.
+        example_turns: demonstration turns before every question (see the module docstring); null = none.
     """
 
     kind: ClassVar[str] = "prompts"  # medlab.contracts.DataSource
@@ -107,7 +114,8 @@ class PromptData:
                  question_template: str = DEFAULT_QUESTION_TEMPLATE, contexts_in_prompt: bool = False,
                  max_contexts: int | None = None, max_prompt_length: int = 512, on_bad_row: str = "error",
                  batch_size: int = 4, val_batch_size: int | None = None, num_workers: int = 0,
-                 limit: int | None = None, val_limit: int | None = None, seed: int = 0):
+                 limit: int | None = None, val_limit: int | None = None, seed: int = 0,
+                 example_turns: Sequence[Mapping[str, Any]] | None = None):
         self.paths = as_path_list(path) if path else []
         self.val_paths = as_path_list(val_path) if val_path else []
         self.val_split, self.fields = val_split, dict(fields or {})
@@ -117,6 +125,10 @@ class PromptData:
         self.max_prompt_length, self.on_bad_row = max_prompt_length, on_bad_row
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.limit, self.val_limit, self.seed = num_workers, limit, val_limit, seed
+        # kept as given (checked by validate/setup); mappings copied to plain dicts (Hydra passes DictConfigs)
+        listed = isinstance(example_turns, Sequence) and not isinstance(example_turns, (str, bytes))
+        self.example_turns = ([dict(t) if isinstance(t, Mapping) else t for t in example_turns] if listed
+                              else example_turns)
         self.train_dataset: list[dict] = []
         self.val_dataset: list[dict] | None = None
         self.counts: dict[str, int] = {}
@@ -146,6 +158,7 @@ class PromptData:
         problems += S.positive_problems({"limit": self.limit, "val_limit": self.val_limit,
                                          "max_contexts": self.max_contexts}, optional=True)
         problems += split_option_problems(self.val_split, self.val_split_min, self.val_split_max)
+        problems += example_turn_problems(self.example_turns)
         if "{question}" not in self.question_template:
             problems.append("data.question_template must contain {question}")
         if not self.paths:
@@ -234,6 +247,7 @@ class PromptData:
             values.update(question=row["question"], options=format_options(row.get("options")), contexts=contexts)
             user = self.question_template.format(**values)
         out = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        out += [{"role": t["role"], "content": t["content"]} for t in self.example_turns or []]
         return out + [{"role": "user", "content": user}]
 
     def _examples(self, rows: list[dict], tokenizer: Any, chat, counts: dict, split: str) -> list[dict]:
@@ -266,6 +280,34 @@ class PromptData:
     def lengths(self) -> list[int]:
         """Prompt tokens per training example (for length-grouped batches)."""
         return [len(e["prompt_ids"]) for e in self.train_dataset]
+
+
+def example_turn_problems(turns: Any) -> list[str]:
+    """Problems of ``data.example_turns`` ([] if none): a list of ``{role, content}`` turns, roles alternating
+    user / assistant from a user turn and ending with an assistant turn, every content a non-empty string."""
+    if turns is None:
+        return []
+    if isinstance(turns, (str, bytes, Mapping)) or not isinstance(turns, Sequence):
+        return [f"data.example_turns must be a list of {{role, content}} turns or null, got {type(turns).__name__}"]
+    out = []
+    for i, turn in enumerate(turns):
+        want = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(turn, Mapping):
+            out.append(f"data.example_turns[{i}] must be a mapping {{role, content}}, got {type(turn).__name__}")
+            continue
+        extra = sorted(set(map(str, turn)) - {"role", "content"})
+        if extra:
+            out.append(f"data.example_turns[{i}] has unknown key(s) {extra} (only role and content)")
+        if turn.get("role") != want:
+            out.append(f"data.example_turns[{i}].role={turn.get('role')!r}: expected {want!r} (turns alternate "
+                       "user / assistant, starting with user)")
+        content = turn.get("content")
+        if not isinstance(content, str) or not content.strip():
+            out.append(f"data.example_turns[{i}].content must be a non-empty string, got {content!r}")
+    if turns and len(turns) % 2:
+        out.append(f"data.example_turns has {len(turns)} turns: it must end with an assistant turn (the "
+                   "demonstrated answer)")
+    return out
 
 
 def collate_prompts(examples: Sequence[dict], pad_id: int) -> dict:
