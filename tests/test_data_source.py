@@ -162,8 +162,10 @@ FINGERPRINTS = {
         "378b6fdd45f4b32d"),
     "reranker": ({"train/examples": 720, "train/rows": 720, "val/examples": 252, "val/rows": 252},
         "44a23d1d9906c6cc"),
+    # the sample QA rows carry their gold corpus paragraph in `contexts` since 43b7909 (a reward field, not in the
+    # prompt); with every `contexts` set back to None the batches hash to the earlier 56d1583318f14472 (checked)
     "grpo": ({"train/prompts": 158, "train/rows": 158, "val/prompts": 26, "val/rows": 26},
-        "56d1583318f14472"),
+        "76765d7c415d639a"),
 }
 
 
