@@ -13,13 +13,14 @@ import csv
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from _machine import cpu_name, cuda_peak
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -33,17 +34,6 @@ TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_atte
 
 
 # ============================================================================================ children
-def cuda_peak() -> float | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return torch.cuda.max_memory_allocated() / 2**20
-    except Exception:  # noqa: BLE001
-        pass
-    return None
-
-
 def medlab_child(result: str, argv: list[str]) -> None:
     import runpy
 
@@ -313,12 +303,3 @@ def main(*, script: str, description: str, section: str, default_adapter: str,
     if not a.no_append:
         with open(RESULTS, "a", encoding="utf-8") as f:
             f.write("\n" + text + "\n")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        return f"{name}, {os.cpu_count()} cores visible"
-    except Exception:  # noqa: BLE001
-        return platform.processor() or "unknown CPU"

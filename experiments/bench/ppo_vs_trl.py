@@ -98,15 +98,7 @@ class PassCounter:
         return {k: {m: v / experiences for m, v in c.items()} for k, c in self.counts.items()}
 
 
-def _peak_cuda() -> float | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return torch.cuda.max_memory_allocated() / 2**20
-    except Exception:
-        pass
-    return None
+from _machine import cuda_peak as _peak_cuda  # noqa: E402  (the bench folder is sys.path[0])
 
 
 # ----------------------------------------------------------------------------------------------- children

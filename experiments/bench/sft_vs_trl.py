@@ -120,15 +120,7 @@ QWEN05 = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num
 
 
 # ============================================================================================ children
-def _peak_cuda() -> float | None:
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return torch.cuda.max_memory_allocated() / 2**20
-    except Exception:
-        pass
-    return None
+from _machine import cuda_peak as _peak_cuda  # noqa: E402  (the bench folder is sys.path[0])
 
 
 def medlab_child(result_path: str, argv: list[str]) -> None:
