@@ -141,15 +141,13 @@ def run_command(command: str, argv: Sequence[str] | None, task: Callable[[DictCo
     try:
         app()
     except SystemExit as e:
-        if e.code != 1:
-            raise
-        from medlab.config.overrides import override_key_problems
+        from medlab.commands.cli import refused_override_error
 
         # Hydra refused the command line: name every key the config lacks (not only Hydra's first), with hints
-        problems = override_key_problems(overrides_of(argv), lambda ovs: _compose(config_name, ovs))
-        if not problems:
+        error = refused_override_error(overrides_of(argv), lambda ovs: _compose(config_name, ovs)) if e.code == 1 else None
+        if error is None:
             raise
-        raise ConfigError(problems) from None
+        raise error from None
     finally:
         sys.argv = saved_argv
         _restore_logging(*saved_logging)

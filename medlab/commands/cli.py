@@ -77,23 +77,27 @@ def user_errors_exit() -> Iterator[None]:
         sys.exit(USER_ERROR_EXIT)
 
 
+def refused_override_error(overrides: list[str], compose: Callable[[list[str]], object]):
+    """After Hydra refused the command line: a ``ConfigError`` naming every override key the config lacks, with
+    the closest real key (``medlab.config.overrides``), or None when no key is missing (Hydra's message stands)."""
+    from medlab.config import ConfigError
+    from medlab.config.overrides import override_key_problems
+
+    problems = override_key_problems(overrides, compose)
+    return ConfigError(problems) if problems else None
+
+
 @contextmanager
 def explain_refused_overrides(overrides: list[str], compose: Callable[[list[str]], object]) -> Iterator[None]:
-    """When Hydra refuses the command line (``SystemExit(1)`` after its one-line message), name every override
-    key the config lacks with the closest real key (``medlab.config.overrides``) and exit with
-    ``USER_ERROR_EXIT``; any other failure passes through unchanged."""
+    """When Hydra refuses the command line (``SystemExit(1)`` after its one-line message), report
+    :func:`refused_override_error` and exit with ``USER_ERROR_EXIT``; any other failure passes through unchanged."""
     try:
         yield
     except SystemExit as e:
-        if e.code != 1:
+        error = refused_override_error(overrides, compose) if e.code == 1 else None
+        if error is None:
             raise
-        from medlab.config import ConfigError
-        from medlab.config.overrides import override_key_problems
-
-        problems = override_key_problems(overrides, compose)
-        if not problems:
-            raise
-        report_user_error(ConfigError(problems))
+        report_user_error(error)
         sys.exit(USER_ERROR_EXIT)
 
 
