@@ -144,7 +144,8 @@ def run_command(command: str, argv: Sequence[str] | None, task: Callable[[DictCo
         from medlab.commands.cli import refused_override_error
 
         # Hydra refused the command line: name every key the config lacks (not only Hydra's first), with hints
-        error = refused_override_error(overrides_of(argv), lambda ovs: _compose(config_name, ovs)) if e.code == 1 else None
+        compose = lambda ovs: _compose(config_name, ovs)  # noqa: E731
+        error = refused_override_error(overrides_of(argv), compose) if e.code == 1 else None
         if error is None:
             raise
         raise error from None
