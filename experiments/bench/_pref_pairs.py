@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from _machine import cpu_name, cuda_peak
+from _machine import cpu_name, cuda_peak, medlab_child  # noqa: F401  (medlab_child: the children's entry point)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -34,16 +34,6 @@ TINY = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_atte
 
 
 # ============================================================================================ children
-def medlab_child(result: str, argv: list[str]) -> None:
-    import runpy
-
-    sys.argv = ["medlab", *argv]
-    try:
-        runpy.run_module("medlab", run_name="__main__", alter_sys=True)
-    finally:
-        Path(result).write_text(json.dumps({"cuda_peak_mib": cuda_peak()}))
-
-
 def load_spec(spec_path: str) -> tuple[dict, list[dict], object]:
     """The TRL child's ``(spec, token rows, tokenizer)``."""
     from transformers import AutoTokenizer

@@ -14,7 +14,6 @@ import random
 import subprocess
 import time
 from itertools import combinations
-from pathlib import Path
 
 from medlab.data.prepare.dedup import NearDuplicates, jaccard, shingles
 from medlab.paths import ROOT_DIR

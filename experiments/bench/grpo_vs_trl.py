@@ -67,22 +67,7 @@ SECTION = "## GRPO vs TRL GRPOTrainer"
 
 
 # ----------------------------------------------------------------------------------------------- children
-from _machine import cuda_peak as _peak_cuda  # noqa: E402  (the bench folder is sys.path[0])
-
-
-def medlab_child(result_path: str, argv: list[str]) -> None:
-    """Run ``python -m medlab ARGV`` in this process (so the GPU peak can be read afterwards)."""
-    import runpy
-
-    sys.argv = ["medlab", *argv]
-    code = 0
-    try:
-        runpy.run_module("medlab", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        Path(result_path).write_text(json.dumps({"cuda_peak_mib": _peak_cuda()}))
-    sys.exit(code)
+from _machine import cuda_peak as _peak_cuda, medlab_child  # noqa: E402  (the bench folder is sys.path[0])
 
 
 def trl_child(spec_path: str, result_path: str) -> None:

@@ -132,13 +132,7 @@ def batch_sizes(n_rows: int, batch: int, steps: int) -> list[int]:
 
 
 # ============================================================================================ children
-def _peak_cuda() -> float | None:
-    try:
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    except Exception:
-        return None
+from _machine import append_results, cuda_peak as _peak_cuda  # noqa: E402  (the bench folder is sys.path[0])
 
 
 MEDLAB_BOOT = (
@@ -516,21 +510,6 @@ def build_table(a, res: dict) -> str:
     return "\n".join(lines)
 
 
-def append_results(text: str) -> None:
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nTables written by the scripts in `experiments/bench/` (newest last in "
-                           "each section), each with the machine, versions and command that produced it.\n")
-    doc = RESULTS.read_text()
-    if SECTION not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{SECTION}\n\n`experiments/bench/retrieval_vs_st.py`: see its docstring for what " \
-              "is held equal and how each number is measured.\n"
-    start = doc.index(SECTION) + len(SECTION)
-    nxt = doc.find("\n## ", start)
-    end = len(doc) if nxt < 0 else nxt
-    doc = doc[:end].rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + doc[end:]
-    RESULTS.write_text(doc)
-
-
 # ============================================================================================ --which gradcache
 def gc_rows(base: list[dict], n: int) -> list[dict]:
     """``n`` training rows cycling through ``base`` (repeats once a batch outgrows the data), each with its own
@@ -831,7 +810,7 @@ def main(argv: list[str]) -> None:
                                                       default=str))
         (work / "results.md").write_text(text + "\n")
         if not a.no_append:
-            append_results(text)
+            append_results(RESULTS, SECTION, "retrieval_vs_st.py", text)
             print(f"\nappended to {RESULTS}")
         return
     tasks = ["bi", "cross"] if a.which == "both" else [a.which]
@@ -937,7 +916,7 @@ def main(argv: list[str]) -> None:
     (work / "results.json").write_text(json.dumps({"info": info, "args": vars(a), "results": res}, indent=2, default=str))
     (work / "results.md").write_text(text + "\n")
     if not a.no_append:
-        append_results(text)
+        append_results(RESULTS, SECTION, "retrieval_vs_st.py", text)
         print(f"\nappended to {RESULTS}")
 
 

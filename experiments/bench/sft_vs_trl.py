@@ -120,22 +120,7 @@ QWEN05 = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num
 
 
 # ============================================================================================ children
-from _machine import cuda_peak as _peak_cuda  # noqa: E402  (the bench folder is sys.path[0])
-
-
-def medlab_child(result_path: str, argv: list[str]) -> None:
-    """``python -m medlab ARGV`` in this process (so the GPU peak can be read afterwards)."""
-    import runpy
-
-    sys.argv = ["medlab", *argv]
-    code = 0
-    try:
-        runpy.run_module("medlab", run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        Path(result_path).write_text(json.dumps({"cuda_peak_mib": _peak_cuda()}))
-    sys.exit(code)
+from _machine import append_results, cuda_peak as _peak_cuda, medlab_child  # noqa: E402  (the bench folder is sys.path[0])
 
 
 def trl_child(spec_path: str, result_path: str) -> None:
@@ -549,21 +534,6 @@ def versions(device: str) -> str:
             f"medlab {sha}{' (medlab/ or conf/ modified)' if dirty else ''}{gpu}")
 
 
-def append_results(path: Path, text: str) -> None:
-    if not path.exists():
-        path.write_text("# Benchmark results\n\nTables written by the scripts in `experiments/bench/` (newest last in "
-                        "each section), each with the machine, versions and command that produced it.\n")
-    doc = path.read_text()
-    if SECTION not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{SECTION}\n\n`experiments/bench/sft_vs_trl.py`: see its docstring for what " \
-              "is held equal and how each number is measured.\n"
-    start = doc.index(SECTION) + len(SECTION)
-    nxt = doc.find("\n## ", start)
-    end = len(doc) if nxt < 0 else nxt
-    doc = doc[:end].rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + doc[end:]
-    path.write_text(doc)
-
-
 def fw_keys(a) -> list[str]:
     return ["medlab", *(f"medlab:{label}" for label, _ in a.variants), "trl"]
 
@@ -880,7 +850,7 @@ def main(argv: list[str]) -> None:
     (work / "results.md").write_text(text)
     (work / "runs.json").write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in runs.items()}, default=str))
     if not a.no_append:
-        append_results(Path(a.results), text)
+        append_results(Path(a.results), SECTION, "sft_vs_trl.py", text)
         print(f"appended to {a.results}")
 
 

@@ -53,7 +53,7 @@ def run(strategy: str, a: argparse.Namespace, work: Path) -> dict:
     run_dir = work / strategy
     procs = 1 if strategy == "single" else 2
     batch = a.batch_size * (2 if strategy == "single" else 1)
-    overrides = [f"model=qwen2_5_0_5b_shape", f"model.arch.num_hidden_layers={a.layers}",
+    overrides = ["model=qwen2_5_0_5b_shape", f"model.arch.num_hidden_layers={a.layers}",
                  f"data.batch_size={batch}", f"data.max_length={a.max_length}", f"trainer.max_steps={a.steps}",
                  "trainer.log_every_n_steps=1", "trainer.val_every_n_steps=null", "trainer.ckpt_every_n_steps=null",
                  "trainer.save_final_checkpoint=false", "export.enabled=false", "trainer.progress_bar=false",

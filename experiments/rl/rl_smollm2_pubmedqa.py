@@ -440,8 +440,8 @@ def table(r: dict) -> str:
              + "."]
     c = r.get("rm_check")
     if c:
-        rows += ["", f"Reward-model check on the slice ({c['run_dir']}): gold `<answer>X</answer>` scored above a wrong "
-                 f"one in {c['pairwise_gold_above_wrong']:.2f} of the pairs; its argmax answer is right for "
+        rows += ["", f"Reward-model check on the slice ({c['run_dir']}): gold `<answer>X</answer>` scored above a "
+                 f"wrong one in {c['pairwise_gold_above_wrong']:.2f} of the pairs; its argmax answer is right for "
                  f"{c['argmax_accuracy']:.2f} of the questions (shares "
                  + ", ".join(f"{k} {v:.2f}" for k, v in c["argmax_shares"].items())
                  + f"); mean score gap gold - wrong {c['mean_gap_gold_minus_wrong']:+.4f}, scores in "
