@@ -109,6 +109,10 @@ class ExperienceObjective(Objective, Protocol):
     not apply. The loop counts ``batches x steps_per_experience`` optimizer steps per epoch, and checkpoints due
     mid-experience (periodic, SIGTERM/SIGUSR1) are written at the experience's last step, so a resumed run
     regenerates the next experience from the restored RNG exactly as the uninterrupted run did.
+
+    Optional ``min_batch_prompts`` (int, default 1): the fewest prompts a loader batch must hold (PPO: enough
+    completions for its mini-batches); the loop drops an epoch's shorter last batch with a warning and refuses a
+    smaller ``data.batch_size`` before training.
     """
 
     steps_per_experience: int

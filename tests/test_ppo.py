@@ -243,6 +243,22 @@ def test_resume_mid_experience_reproduces_rollouts_rewards_and_losses(tmp_path):
     assert _rows(ref.history, "train/kl")[3] != 0.0  # the second experience is off the reference: a real check
 
 
+def test_a_short_last_batch_is_dropped_not_a_crash_mid_run(tmp_path, caplog):
+    """5 prompts in batches of 2 with 2 mini-batches of 1 completion each: every epoch's last batch (1 prompt)
+    cannot fill both mini-batches. It used to stop the run with a ValueError at step 5; now it is dropped with a
+    warning up front, so each epoch is 2 experiences and 8 steps are 2 whole epochs."""
+    common = [*FAST, "data.limit=5", "data.batch_size=2", "objective.num_generations=1", "objective.num_ppo_epochs=1",
+              "objective.num_mini_batches=2", "trainer.val_every_n_steps=null", *TOY]
+    with caplog.at_level("WARNING", logger="medlab.engine.loop"):
+        result = run_experiment("ppo_lora", [*common, "trainer.max_steps=8"], tmp_path / "run")
+    assert result.metrics["status"] == "completed" and result.metrics["global_step"] == 8
+    assert "the last batch of every epoch would hold 1 prompt(s) per rank, fewer than the 2 PPOPolicy needs" \
+        in caplog.text
+    assert sorted(_rows(result.history, "train/reward")) == [1, 3, 5, 7]  # 4 experiences of 2 optimizer steps
+    with pytest.raises(ValueError, match="needs at least 2 prompts per batch .* has 1 training prompts"):
+        run_experiment("ppo_lora", [*common, "data.limit=1", "trainer.max_steps=2"], tmp_path / "one")
+
+
 def test_ppo_lora_logs_its_metrics_and_exports_the_policy_alone(tmp_path):
     result = run_experiment("ppo_lora", [*FAST, "trainer.max_steps=2", "objective.num_ppo_epochs=1",
                                          "objective.num_mini_batches=2", "trainer.val_every_n_steps=2",

@@ -61,3 +61,15 @@ def test_length_grouped_batches_cover_each_sample_once_and_resume_exactly():
     assert list(s) != epoch0  # a new epoch reshuffles
     with pytest.raises(ValueError, match="lengths"):
         ResumableBatchSampler(10, 2, lengths=[1, 2])
+
+
+@pytest.mark.parametrize("n,bs,ws,pad", [(5, 2, 1, True), (8, 4, 1, True), (3, 4, 1, True), (11, 3, 2, True),
+                                         (11, 3, 2, False)])
+def test_last_batch_size_is_the_last_batch_the_sampler_yields(n, bs, ws, pad):
+    for rank in range(ws):
+        s = ResumableBatchSampler(n, bs, shuffle=True, seed=3, rank=rank, world_size=ws, pad=pad)
+        batches = list(s)
+        assert s.per_rank() == sum(len(b) for b in batches)
+        assert s.last_batch_size() == len(batches[-1])
+        s.drop_last = True
+        assert all(len(b) == bs for b in s) and len(list(s)) == s.per_rank() // bs

@@ -227,6 +227,26 @@ class Loop:
             self.fmodule.mark_forward_method("make_experience")
         self.scheduler = scheduler
 
+    def _drop_short_last_batch(self, module, batch_size: int) -> None:
+        """An objective whose loader batches need at least ``min_batch_prompts`` rows (PPO: enough completions for
+        its mini-batches) drops each epoch's shorter last batch, with a warning, instead of failing on it
+        mid-run; a batch size or a per-rank share below that minimum is an error before training starts."""
+        need = int(getattr(module, "min_batch_prompts", 1) or 1)
+        if need <= 1:
+            return
+        name = type(module).__name__
+        per_rank = self.train_sampler.per_rank()
+        if batch_size < need or per_rank < need:
+            raise ValueError(f"{name} needs at least {need} prompts per batch (objective.num_mini_batches / "
+                             f"objective.num_generations), but data.batch_size={batch_size} and each of the "
+                             f"{self.fabric.world_size} rank(s) has {per_rank} training prompts")
+        last = self.train_sampler.last_batch_size()
+        if last < need:
+            log.warning("the last batch of every epoch would hold %d prompt(s) per rank, fewer than the %d %s needs "
+                        "to fill its mini-batches: it is dropped (%d of %d prompts per rank and epoch unused)",
+                        last, need, name, last, per_rank)
+            self.train_sampler.drop_last = True
+
     # ------------------------------------------------------------------ fit
     def fit(self, module, train_data, collate: Callable, *, batch_size: int, val_data=None,
             val_batch_size: int | None = None, resume: Path | None = None, lengths=None) -> FitResult:
@@ -240,6 +260,7 @@ class Loop:
         self.train_sampler = ResumableBatchSampler(
             len(train_data), batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
             rank=fabric.global_rank, world_size=fabric.world_size, lengths=lengths)
+        self._drop_short_last_batch(module, batch_size)
         self.val_sampler = None
         if val_data is not None and len(val_data) > 0:
             # Sharded strategies need every rank to run the same number of forwards, so they pad by

@@ -53,6 +53,14 @@ class ResumableBatchSampler(Sampler[list[int]]):
             return math.ceil(self.num_samples / self.world_size)
         return len(range(self.rank, self.num_samples, self.world_size))
 
+    def per_rank(self) -> int:
+        """Samples this rank sees per epoch."""
+        return self._per_rank()
+
+    def last_batch_size(self) -> int:
+        """The size of an epoch's last batch on this rank without ``drop_last`` (``batch_size`` if it is full)."""
+        return self._per_rank() % self.batch_size or min(self.batch_size, self._per_rank())
+
     def batches_per_epoch(self) -> int:
         per_rank = self._per_rank()
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)

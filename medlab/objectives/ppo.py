@@ -128,6 +128,9 @@ class PPOPolicy(GRPOPolicy):
         self.num_ppo_epochs, self.num_mini_batches = num_ppo_epochs, num_mini_batches
         self.critic = Critic(model, init_std=value_head_init_std)
         self.steps_per_experience = num_ppo_epochs * num_mini_batches
+        # prompts a loader batch needs so that its completions fill every mini-batch (the loop drops a shorter
+        # last batch of an epoch instead of failing on it mid-run)
+        self.min_batch_prompts = -(-num_mini_batches // num_generations)
 
     @classmethod
     def config_problems(cls, cfg) -> list[str]:
@@ -205,7 +208,7 @@ class PPOPolicy(GRPOPolicy):
         N = ro.num_rows
         if N < self.num_mini_batches:
             raise ValueError(f"an experience of {N} completions cannot make objective.num_mini_batches="
-                             f"{self.num_mini_batches} mini-batches (a smaller last batch? lower num_mini_batches)")
+                             f"{self.num_mini_batches} mini-batches (lower num_mini_batches or raise data.batch_size)")
         prompt_lengths = ro.prompt_mask.sum(1).tolist()
         completion_lengths = ro.completion_lengths.tolist()
         names = {"old": "old_logps", "values": "old_values", "advantages": "advantages", "returns": "returns"}
