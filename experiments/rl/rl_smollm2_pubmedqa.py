@@ -461,7 +461,9 @@ def plot(r: dict, path: Path) -> None:
     steps = [x["step"] for x in c]
     for key, label in (("train/reward", "total reward"), ("train/rewards/accuracy/mean", "exact match"),
                        ("train/rewards/format/mean", "format"), ("train/rewards/rm/mean", "reward model")):
-        ys = [x.get(key, float("nan")) for x in c]
+        w = r["settings"].get("rm_weight", 1.0) if key.endswith("/rm/mean") else 1.0  # its share of the total
+        label = f"{label} x {w:g}" if w != 1.0 else label
+        ys = [x.get(key, float("nan")) * w for x in c]
         if c and any(key in x for x in c):
             ax1.plot(steps, ys, marker="o", ms=3, label=label)
     method = r["settings"].get("method", "grpo").upper()
