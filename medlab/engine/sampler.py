@@ -48,21 +48,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
             order = (order * math.ceil(total / len(order)))[:total]
         return order[self.rank :: self.world_size]
 
-    def _per_rank(self) -> int:
+    def per_rank(self) -> int:
+        """Samples this rank sees per epoch."""
         if self.pad:
             return math.ceil(self.num_samples / self.world_size)
         return len(range(self.rank, self.num_samples, self.world_size))
 
-    def per_rank(self) -> int:
-        """Samples this rank sees per epoch."""
-        return self._per_rank()
-
     def last_batch_size(self) -> int:
         """The size of an epoch's last batch on this rank without ``drop_last`` (``batch_size`` if it is full)."""
-        return self._per_rank() % self.batch_size or min(self.batch_size, self._per_rank())
+        return self.per_rank() % self.batch_size or min(self.batch_size, self.per_rank())
 
     def batches_per_epoch(self) -> int:
-        per_rank = self._per_rank()
+        per_rank = self.per_rank()
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __len__(self) -> int:
